@@ -48,11 +48,11 @@ def run(batch_sizes=(1, 6, 64), devices=None, num_pca_comps: int = 45, repeats: 
             pose = torch.randn(bsz, num_pca_comps, generator=g).to(device)
             betas = torch.randn(bsz, 10, generator=g).to(device)
 
-            def forward():
+            def forward(layer=layer, orient=orient, pose=pose, betas=betas):
                 with torch.no_grad():
                     layer(orient, pose, betas)
 
-            def forward_backward():
+            def forward_backward(layer=layer, orient=orient, pose=pose, betas=betas):
                 p = pose.clone().requires_grad_(True)
                 b = betas.clone().requires_grad_(True)
                 out = layer(orient, p, b)

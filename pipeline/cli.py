@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -28,7 +28,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-class Side(str, Enum):
+class Side(StrEnum):
     right = "right"
     left = "left"
     both = "both"
@@ -36,13 +36,14 @@ class Side(str, Enum):
 
 @app.command("make-hand-model")
 def make_hand_model(
-    out: Path = typer.Option(Path("models/proxy"), help="Folder to write MANO_RIGHT.pkl / MANO_LEFT.pkl into."),
+    out: Path = typer.Option(Path("models/proxy"), help="Folder for MANO_RIGHT.pkl / MANO_LEFT.pkl."),
     seed: int = typer.Option(0, help="Generator seed (same seed, same file)."),
     side: Side = typer.Option(Side.both, help="Which hand(s) to write."),
 ) -> None:
     """Write keyhand's license-free proxy hand in MANO's pickle format."""
-    from keyhand.geometry.mano import load_mano_model
     from keyhand.geometry.proxy_hand import write_proxy_hand
+
+    from keyhand.geometry.mano import load_mano_model
 
     sides = ["right", "left"] if side is Side.both else [side.value]
     for s in sides:
@@ -59,8 +60,9 @@ def render_hand(
     seed: int = typer.Option(0, help="Proxy seed when no model is given."),
 ) -> None:
     """Render the hand model: three views, flat and in a fist."""
-    from keyhand.geometry.mano import ManoFileError, load_mano_pickle, resolve_model_path
     from keyhand.geometry.proxy_hand import render_views
+
+    from keyhand.geometry.mano import ManoFileError, load_mano_pickle, resolve_model_path
 
     try:
         data = load_mano_pickle(resolve_model_path(model, "right", seed))
@@ -71,7 +73,7 @@ def render_hand(
     typer.echo(f"wrote {out}")
 
 
-class Bench(str, Enum):
+class Bench(StrEnum):
     mano = "mano"
     render = "render"
 

@@ -44,7 +44,8 @@ def test_layer_matches_smplx(proxy_dir: Path, side: str, flat: bool, ncomps: int
     use_pca = ncomps is not None
     ours = ManoLayer(path, side=side, num_pca_comps=ncomps or 45, use_pca=use_pca,
                      flat_hand_mean=flat, unit="mm", dtype=torch.float64)
-    orient, pose, betas, transl = _random_inputs(ours.num_pca_comps, seed=100 * (side == "left") + 50 * flat + (ncomps or 0))
+    seed = 100 * (side == "left") + 50 * flat + (ncomps or 0)
+    orient, pose, betas, transl = _random_inputs(ours.num_pca_comps, seed=seed)
     out = ours(orient, pose, betas, transl)
 
     # smplx treats 45 PCA components as "no PCA": feed it the axis-angle equivalent then.
@@ -135,7 +136,8 @@ def test_proxy_created_on_first_use(keyhand_cache: Path) -> None:
 
 
 def test_missing_file_says_where_to_get_it(tmp_path: Path) -> None:
-    with pytest.raises(ManoFileError, match=r"not found: .*MANO_RIGHT.pkl .*mano.model_path.*mano.is.tue.mpg.de"):
+    pattern = r"not found: .*MANO_RIGHT.pkl .*mano.model_path.*mano.is.tue.mpg.de"
+    with pytest.raises(ManoFileError, match=pattern):
         ManoLayer(tmp_path)
 
 
