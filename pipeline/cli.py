@@ -41,9 +41,8 @@ def make_hand_model(
     side: Side = typer.Option(Side.both, help="Which hand(s) to write."),
 ) -> None:
     """Write keyhand's license-free proxy hand in MANO's pickle format."""
-    from keyhand.geometry.proxy_hand import write_proxy_hand
-
     from keyhand.geometry.mano import load_mano_model
+    from keyhand.geometry.proxy_hand import write_proxy_hand
 
     sides = ["right", "left"] if side is Side.both else [side.value]
     for s in sides:
@@ -60,9 +59,8 @@ def render_hand(
     seed: int = typer.Option(0, help="Proxy seed when no model is given."),
 ) -> None:
     """Render the hand model: three views, flat and in a fist."""
-    from keyhand.geometry.proxy_hand import render_views
-
     from keyhand.geometry.mano import ManoFileError, load_mano_pickle, resolve_model_path
+    from keyhand.geometry.proxy_hand import render_views
 
     try:
         data = load_mano_pickle(resolve_model_path(model, "right", seed))
