@@ -109,7 +109,7 @@ def test_rodrigues_is_exact_and_smooth_at_zero() -> None:
 
 
 def test_anatomy_fist_closes_and_thumb_side(proxy_dir: Path) -> None:
-    for side, sign in (("right", 1.0), ("left", -1.0)):
+    for side, sign in (("right", -1.0), ("left", 1.0)):
         layer = ManoLayer(proxy_dir, side=side, num_pca_comps=45, flat_hand_mean=False)
         pose = torch.zeros(2, 45)
         pose[1, 0] = 2.5  # first PCA component: whole-hand flexion
@@ -117,7 +117,7 @@ def test_anatomy_fist_closes_and_thumb_side(proxy_dir: Path) -> None:
         tips = out.joints[:, [8, 12, 16, 20]]                          # index..little tips
         d = (tips - out.joints[:, :1]).norm(dim=-1)                    # to the wrist
         assert (d[1] < 0.75 * d[0]).all(), (side, d)
-        # thumb on +z for the right hand, -z for the left (proxy frame: fingers +x, dorsum +y)
+        # thumb on -z for the right hand, +z for the left (proxy frame: fingers +x, dorsum +y)
         thumb_z = (out.joints[0, 4, 2] - out.joints[0, 12, 2]).item()
         assert sign * thumb_z > 0, (side, thumb_z)
         # fingertips are the farthest joints of their finger from the wrist

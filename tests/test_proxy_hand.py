@@ -172,10 +172,10 @@ def test_anatomy_and_sizes(right: dict, left: dict) -> None:
         lengths[name] = dist[tip]
     assert max(lengths, key=lengths.get) == "middle"
     assert 0.17 < lengths["middle"] < 0.20                           # wrist to middle fingertip (m)
-    assert v[TIPS["thumb"], 2] > 0.03 and left["v_template"][TIPS["thumb"], 2] < -0.03
+    assert v[TIPS["thumb"], 2] < -0.03 and left["v_template"][TIPS["thumb"], 2] > 0.03
     np.testing.assert_allclose(left["v_template"], v * [1.0, 1.0, -1.0])
     knuckles = j[[1, 4, 10, 7]]
-    assert np.all(np.diff(knuckles[:, 2]) < 0)                      # index .. little from +z to -z
+    assert np.all(np.diff(knuckles[:, 2]) > 0)                      # index .. little from -z to +z
     palm = (owner == 0) & (v[:, 0] > 0.02) & (v[:, 0] < knuckles[:, 0].min())
     width = np.ptp(v[palm, 2])
     assert 0.07 < width < 0.095, width                               # palm width
@@ -239,7 +239,7 @@ def test_shape_directions(right: dict) -> None:
     thumb = s[..., ph.SHAPE_DIRECTIONS.index("thumb_length")]
     assert np.linalg.norm(thumb[TIPS["thumb"]]) > 0.002 and np.abs(thumb[tip]).max() < 1e-9
     width = s[..., ph.SHAPE_DIRECTIONS.index("palm_width")]
-    assert width[TIPS["index"], 2] > 0 > width[TIPS["little"], 2]
+    assert width[TIPS["index"], 2] < 0 < width[TIPS["little"], 2]          # index on -z (right hand)
     thick = s[..., ph.SHAPE_DIRECTIONS.index("thickness")]
     assert np.abs(thick[:, 1]).sum() > 3 * np.abs(thick[:, 0]).sum()
     ratio = s[..., ph.SHAPE_DIRECTIONS.index("index_vs_little_length")]

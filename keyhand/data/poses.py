@@ -77,8 +77,10 @@ class HandArticulation:
         tips = layer.v_template[list(layer.tip_vertex_ids)].detach().cpu().double().numpy()  # (5, 3)
         wrist, index1, little1 = joints[0], joints[1], joints[7]
         sign = 1.0 if layer.side == "right" else -1.0
-        # A right hand with fingers along d_index and the thumb on its side: (I-W)×(L-W) is dorsal.
-        dorsal = _unit(sign * np.cross(index1 - wrist, little1 - wrist))
+        # Chirality: for a right hand (any right-handed frame) (L-W)×(I-W) points to the back of
+        # the hand (palm down, fingers forward: the index is on the left, the little finger on the
+        # right); a left hand is its mirror image, so the cross product flips.
+        dorsal = _unit(sign * np.cross(little1 - wrist, index1 - wrist))
         curl = np.zeros((16, 3))
         spread = np.zeros((16, 3))
         for finger, chain in _MANO_CHAIN.items():

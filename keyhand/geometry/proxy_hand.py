@@ -24,8 +24,10 @@ that every code path (keyhand's MANO layer, smplx.MANO) runs unchanged on it:
 
 Frame (right hand, flat template, zero pose): metres; the wrist joint at the origin, the fingers
 point along +x, the back of the hand (dorsum) faces +y (the palm faces -y) and the thumb is on the
-+z side. The mesh closes with a cap just proximal to the wrist joint. The left hand is the right one
-mirrored z -> -z (thumb on -z), as the official MANO_LEFT is a mirrored right hand.
+-z side (a right-handed frame: x × y = z points from the thumb towards the little finger, which is
+what makes it a RIGHT hand). The mesh closes with a cap just proximal to the wrist joint. The two
+hands are exact mirror images (z -> -z), as the official MANO_LEFT is a mirrored MANO_RIGHT: the
+generator builds the thumb-on-+z (left) hand and mirrors it into the right one.
 
 Joint order (MANO): 0 wrist, 1-3 index, 4-6 middle, 7-9 little, 10-12 ring, 13-15 thumb (each
 proximal to distal). Pose: axis-angle per joint in the parent's frame, as in MANO/smplx.
@@ -811,7 +813,7 @@ def _tip_permutation(topo: _Topology) -> np.ndarray:
 
 
 def _mirror_z(model: dict) -> dict:
-    """Right -> left hand: reflect z -> -z, keep faces outward, mirror the blend shapes and poses."""
+    """Left <-> right hand: reflect z -> -z, keep faces outward, mirror the blend shapes and poses."""
     s = np.array([1.0, 1.0, -1.0])
     out = dict(model)
     out["v_template"] = model["v_template"] * s
@@ -833,7 +835,7 @@ def build_proxy_hand(seed: int = 0, side: str = "right") -> dict[str, Any]:
     Args:
         seed: seeds the synthetic pose samples (PCA pose space and the pose-corrective fit); the
             template geometry, weights and shape directions do not depend on it.
-        side: "right" or "left" (the right hand mirrored z -> -z).
+        side: "right" or "left" (mirror images of each other, z -> -z).
     Returns:
         dict with 'v_template' (778, 3) m, 'f' (1552, 3) uint32, 'J_regressor' csc (16, 778),
         'J' (16, 3) m, 'kintree_table' (2, 16) int64, 'weights' (778, 16), 'shapedirs'
@@ -884,7 +886,7 @@ def build_proxy_hand(seed: int = 0, side: str = "right") -> dict[str, Any]:
         "bs_type": "lrotmin",
     }
     model["J"] = reg_csc @ model["v_template"]
-    if side == "left":
+    if side == "right":  # the generator's frame builds the thumb on +z: a left hand
         model = _mirror_z(model)
     model["keyhand_meta"] = {
         "generator": "keyhand proxy hand",
