@@ -24,7 +24,7 @@ On-disk format (``root/``):
                                        gesture/gesture_name/subject (gesture set), betas, pose (45, flat-mean
                                        axis-angle), global rotation (3×3)
 Joint order: :data:`keyhand.data.record.JOINT_NAMES` (manopth order).
-Every sample is a function of (seed, split, index) only: the same seed gives the same files,
+Every sample is a function of (seed, kind, split, index) only: the same seed gives the same files,
 whatever the batch size. Files are written atomically and ``dataset.json`` last.
 """
 
@@ -85,7 +85,7 @@ class _SceneSampler:
         self.subject_skin = _SKIN[srng.permutation(len(_SKIN))[np.arange(num_subjects) % len(_SKIN)]]
 
     def __call__(self, split: str, index: int) -> _Scene:
-        rng = np.random.default_rng([self.seed, _SPLIT_IDS.get(split, 9), index])
+        rng = np.random.default_rng([self.seed, KINDS.index(self.kind), _SPLIT_IDS.get(split, 9), index])
         h, w = self.size
         gesture, subject = -1, -1
         noise = rng.normal(0, np.radians(4), size=(15, 3))
@@ -130,7 +130,7 @@ def _hand_frame(layer, art: HandArticulation) -> np.ndarray:
     fingers = joints[4] - joints[0]
     fingers /= np.linalg.norm(fingers)
     sign = 1.0 if layer.side == "right" else -1.0
-    dorsal = sign * np.cross(joints[1] - joints[0], joints[7] - joints[0])
+    dorsal = sign * np.cross(joints[7] - joints[0], joints[1] - joints[0])  # right hand: (L-W)×(I-W)
     dorsal -= fingers * np.dot(dorsal, fingers)
     dorsal /= np.linalg.norm(dorsal)
     return np.stack([fingers, dorsal, np.cross(fingers, dorsal)])
@@ -292,7 +292,8 @@ def generate(kind: str, out: str | os.PathLike, sizes: dict[str, int], seed: int
     if kind not in KINDS:
         raise ValueError(f"synthetic kind must be one of {KINDS}, got {kind!r}")
     root = Path(out)
-    layer = ManoLayer(model_path, side="right", use_pca=False, flat_hand_mean=True, unit="mm")
+    layer = ManoLayer(model_path, side="right", use_pca=False, flat_hand_mean=True, unit="mm",
+                      dtype=torch.float64)  # float64: per-sample results do not depend on the batch
     art = HandArticulation.from_layer(layer)
     sampler = _SceneSampler(kind, art, _hand_frame(layer, art), seed, image_size, num_subjects)
     total, done = sum(sizes.values()), 0
@@ -304,7 +305,7 @@ def generate(kind: str, out: str | os.PathLike, sizes: dict[str, int], seed: int
             if idx:
                 scenes = [sampler(split, i) for i in idx]
                 for i, s, r in zip(idx, scenes, render_batch(layer, scenes, image_size), strict=True):
-                    rng = np.random.default_rng([seed, _SPLIT_IDS.get(split, 9), i, 7])
+                    rng = np.random.default_rng([seed, KINDS.index(kind), _SPLIT_IDS.get(split, 9), i, 7])
                     image, mask = _compose(s, r, rng, occluders=kind == "synth-obman")
                     vis = ((r["joints_2d"] >= 0) & (r["joints_2d"] <= np.array(image_size[::-1]) - 1)).all(1)
                     ann = {
@@ -375,10 +376,9 @@ class SyntheticReader:
 def contact_sheet(root: str | os.PathLike, split: str, out: str | os.PathLike, n: int = 16,
                   cols: int = 4) -> Path:
     """A PNG grid of the first ``n`` samples with their 2D joints and skeleton drawn."""
-    from keyhand.data.record import JOINT_NAMES
+    from keyhand.data.masks import PARENTS as parents
 
     reader = SyntheticReader(root, split)
-    parents = [-1] + [0 if name.endswith("1") else i for i, name in enumerate(JOINT_NAMES)][1:]
     colours = [(255, 255, 255)] + [c for c in [(255, 80, 80), (255, 200, 0), (80, 220, 80), (60, 160, 255),
                                                 (220, 90, 255)] for _ in range(4)]
     tiles = []

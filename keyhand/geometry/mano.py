@@ -54,6 +54,7 @@ __all__ = [
     "SkeletonAdaptation",
     "axis_angle_to_matrix",
     "load_mano_pickle",
+    "RestrictedUnpickler",
     "load_mano_model",
     "resolve_model_path",
     "default_cache_dir",
@@ -153,7 +154,11 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     return cls.__new__(cls)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds only numpy arrays/dtypes, scipy sparse matrices, chumpy placeholders and
+    plain builtins; any other class raises :class:`UnsafePickleError` naming it and the file. Subclass
+    and narrow ``find_class`` for other formats (the ObMan meta reader does)."""
+
     def __init__(self, file: io.BufferedIOBase, path: Path) -> None:
         super().__init__(file, encoding="latin1")
         self._path = path
@@ -214,7 +219,7 @@ def load_mano_pickle(path: str | os.PathLike) -> dict[str, Any]:
         raise ManoFileError(f"MANO model file not found: {path} ({MANO_PARAM_HINT})")
     with open(path, "rb") as fh:
         try:
-            data = _RestrictedUnpickler(fh, path).load()
+            data = RestrictedUnpickler(fh, path).load()
         except UnsafePickleError:
             raise
         except Exception as exc:  # truncated/corrupt files

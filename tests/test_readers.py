@@ -1,0 +1,377 @@
+"""Dataset readers (paper §4.1.1-4.1.4) on tiny fixtures written in each dataset's genuine layout."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+from scipy.spatial.transform import Rotation
+
+from keyhand.data.obman import OBMAN_INTRINSICS, ObManReader
+from keyhand.data.readers import READERS, DatasetReader, holdout_split, open_dataset, project
+from keyhand.data.record import JOINT_NAMES, AnnotationError, DatasetError, DatasetNotFoundError, HandSample
+from keyhand.data.rwth import RWTH_STATIC, RWTHReader
+from keyhand.data.senz3d import Senz3DReader
+from keyhand.data.stb import SK_COLOR_INTRINSICS, STBReader
+
+J = JOINT_NAMES.index
+FINGERS = ("thumb", "index", "middle", "ring", "little")
+
+
+def known_hand(z: float = 600.0, shift: float = 0.0) -> np.ndarray:
+    """(21, 3) mm, OpenCV camera frame, common order: a hand with every joint in a distinct place."""
+    joints = np.zeros((21, 3))
+    joints[0] = (shift, 70.0, z)
+    bases = {"thumb": (35.0, 45.0), "index": (20.0, 0.0), "middle": (5.0, -3.0), "ring": (-10.0, 0.0),
+             "little": (-25.0, 5.0)}
+    dirs = {"thumb": (0.8, -0.6), "index": (0.1, -1.0), "middle": (0.0, -1.0), "ring": (-0.1, -1.0),
+            "little": (-0.25, -1.0)}
+    for f in FINGERS:
+        d = np.array(dirs[f]) / np.linalg.norm(dirs[f])
+        for k in range(4):
+            xy = np.array(bases[f]) + d * 22.0 * k
+            joints[J(f"{f}{k + 1}")] = (xy[0] + shift, xy[1], z - 4.0 * k)
+    return joints
+
+
+def write_image(path: Path, size: tuple[int, int] = (32, 24), value: int = 128) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8)).save(path)
+
+
+def corrupt(path: Path) -> None:
+    path.write_bytes(b"\x89PNG not really an image" if path.suffix == ".png" else b"\xff\xd8\xff garbage")
+
+
+def check_skip_policy(factory, bad: Path, n: int) -> None:
+    """'fail' raises naming the file; 'skip' drops the sample, lists it and warns exactly once."""
+    with pytest.raises(DatasetError, match=bad.name):
+        factory(on_corrupt="fail").scan()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader = factory(on_corrupt="skip")
+    assert len(reader) == n - 1 and reader.skipped == [str(bad)]
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 1 and "skipped 1 sample" in msgs[0] and bad.name in msgs[0]
+
+
+def test_registry() -> None:
+    assert set(READERS) == {"obman", "stb", "rwth", "senz3d"}
+    assert all(issubclass(READERS[k], DatasetReader) for k in READERS)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        open_dataset("nyu", "/nowhere", "train")
+
+
+@pytest.mark.parametrize("name,split",
+                         [("obman", "train"), ("stb", "test"), ("rwth", "all"), ("senz3d", "all")])
+def test_missing_root_message(tmp_path: Path, name: str, split: str) -> None:
+    root = tmp_path / "absent"
+    with pytest.raises(DatasetNotFoundError) as err:
+        open_dataset(name, root, split)
+    msg = str(err.value)
+    assert "\n" not in msg and str(root) in msg and f"data.{name}.root" in msg and "http" in msg
+
+
+def test_holdout_split_is_stratified_80_20() -> None:
+    items = list(range(1160))
+    labels = [i % 30 for i in items]
+    train, test = holdout_split(items, labels, "train"), holdout_split(items, labels, "test")
+    assert (len(train), len(test)) == (928, 232) and not set(train) & set(test)
+    assert holdout_split(items, labels, "all") == items
+
+
+# ---------------------------------------------------------------------------------------------- ObMan
+OBMAN_EXTR = np.diag([1.0, -1.0, -1.0])
+
+
+def obman_meta(joints_mm: np.ndarray, **over) -> dict:
+    world = (joints_mm @ OBMAN_EXTR) / 1000.0  # OpenCV mm → Blender world m (R is its own inverse)
+    meta = {"coords_3d": world.astype(np.float32),
+            "coords_2d": project(joints_mm, OBMAN_INTRINSICS),
+            "verts_3d": np.tile(world[:1], (778, 1)).astype(np.float32), "side": "right",
+            "hand_pose": np.zeros(45, np.float32), "pca_pose": np.zeros(45, np.float32),
+            "shape": np.zeros(10, np.float32), "class_id": "02876657", "sample_id": "abc",
+            "obj_path": "x.obj",
+            "affine_transform": np.eye(4, dtype=np.float32), "depth_min": np.float32(0.4),
+            "depth_max": np.float32(0.9), "z": 0.6}
+    meta.update(over)
+    return meta
+
+
+@pytest.fixture
+def obman_root(tmp_path: Path) -> Path:
+    root = tmp_path / "obman"
+    for split, n in (("train", 3), ("val", 1), ("test", 2)):
+        d = root / split
+        for sub in ("meta", "segm"):
+            (d / sub).mkdir(parents=True)
+        for i in range(n):
+            prefix = f"{i:08d}"
+            write_image(d / "rgb" / f"{prefix}.jpg", (16, 16), 100)
+            write_image(d / "rgb_hand" / f"{prefix}.jpg", (16, 16), 200)
+            segm = np.zeros((16, 16, 3), np.uint8)
+            segm[2:6, 2:6, 0] = 22      # hand in rgb/
+            segm[8:12, 8:12, 0] = 100   # object in rgb/
+            segm[1:9, 1:9, 1] = 24      # hand in rgb_hand/
+            cv2.imwrite(str(d / "segm" / f"{prefix}.png"), segm)
+            with open(d / "meta" / f"{prefix}.pkl", "wb") as fh:  # protocol 2 as Blender's Python 3 wrote
+                pickle.dump(obman_meta(known_hand(shift=10.0 * i)), fh, protocol=2)
+    return root
+
+
+def test_obman_counts_modes_and_keys(obman_root: Path) -> None:
+    assert [len(ObManReader(obman_root, s)) for s in ("train", "val", "test")] == [3, 1, 2]
+    r = ObManReader(obman_root, "train")
+    assert r.keys == [f"train/rgb/{i:08d}.jpg" for i in range(3)]
+    assert len(ObManReader(obman_root, "train", mode="hand")) == 3
+    both = ObManReader(obman_root, "train", mode="all")
+    assert len(both) == 6 and sum(k.startswith("train/rgb_hand/") for k in both.keys) == 3
+
+
+def test_obman_conversion(obman_root: Path) -> None:
+    s = ObManReader(obman_root, "test")[1]
+    assert isinstance(s, HandSample) and s.source == "obman" and s.image.shape == (16, 16, 3)
+    truth = known_hand(shift=10.0)
+    np.testing.assert_allclose(s.joints_3d, truth, atol=1e-3)   # frame flip + m → mm, no permutation
+    assert s.joints_3d[J("thumb4"), 0] > s.joints_3d[J("little4"), 0]    # thumb tip on +x as placed
+    assert s.joints_3d[J("middle4"), 1] < s.joints_3d[J("wrist"), 1]     # fingertips above the wrist
+    np.testing.assert_allclose(s.intrinsics, [[480, 0, 128], [0, 480, 128], [0, 0, 1]])
+    np.testing.assert_allclose(s.joints_2d, project(s.joints_3d, s.intrinsics), atol=1e-4)
+    uv = 480 * truth[:, :2] / truth[:, 2:] + 128
+    np.testing.assert_allclose(s.joints_2d, uv, atol=1e-3)
+    assert s.mask.sum() == 16 and s.mask[3, 3] == 1 and s.mask[9, 9] == 0   # hand label only, channel 0
+    assert s.extra["verts_3d"].shape == (778, 3) and s.extra["class_id"] == "02876657"
+    assert ObManReader(obman_root, "test", mode="hand")[0].mask.sum() == 64  # channel 1
+
+
+def test_obman_cam_extr_from_meta(obman_root: Path) -> None:
+    path = obman_root / "val" / "meta" / "00000000.pkl"
+    extr = np.eye(4)[:3]
+    extr[:, 3] = (0.0, 0.0, 0.5)
+    with open(path, "wb") as fh:
+        pickle.dump(obman_meta(known_hand(), coords_3d=np.ones((21, 3), np.float32), cam_extr=extr), fh)
+    expect = np.full((21, 3), [1000, 1000, 1500])  # identity rotation, 0.5 m along z, m → mm
+    np.testing.assert_allclose(ObManReader(obman_root, "val")[0].joints_3d, expect)
+
+
+def test_obman_bad_annotations(obman_root: Path) -> None:
+    path = obman_root / "val" / "meta" / "00000000.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump(obman_meta(known_hand(), coords_3d=np.zeros((20, 3), np.float32)), fh)
+    with pytest.raises(AnnotationError, match=r"00000000\.pkl: field 'coords_3d' must have shape \(21, 3\)"):
+        ObManReader(obman_root, "val")[0]
+    with open(path, "wb") as fh:
+        fh.write(b"cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle calling os.system
+    with pytest.raises(DatasetError, match="refused to unpickle os.system"):
+        ObManReader(obman_root, "val")[0]
+
+
+def test_obman_corrupt_image(obman_root: Path) -> None:
+    bad = obman_root / "train" / "rgb" / "00000001.jpg"
+    corrupt(bad)
+    with pytest.raises(DatasetError, match="00000001.jpg"):
+        ObManReader(obman_root, "train")[1]
+    check_skip_policy(lambda **kw: ObManReader(obman_root, "train", **kw), bad, 3)
+
+
+# ------------------------------------------------------------------------------------------------ STB
+def stb_order(common: np.ndarray) -> np.ndarray:
+    """A common-order hand in STB's README order: palm, little, ring, middle, index, thumb (mcp → tip)."""
+    fingers = ("little", "ring", "middle", "index", "thumb")
+    names = ["wrist"] + [f"{f}{k}" for f in fingers for k in (1, 2, 3, 4)]
+    return np.stack([common[J(n)] for n in names])
+
+
+@pytest.fixture
+def stb_root(tmp_path: Path) -> Path:
+    root = tmp_path / "stb"
+    (root / "labels").mkdir(parents=True)
+    R = Rotation.from_rotvec([0.00531, -0.01196, 0.00301]).as_matrix()   # README: colour → depth
+    T = np.array([-24.0381, -0.4563, -1.2326])
+    for b in range(1, 7):
+        for kind in ("Counting", "Random"):
+            seq = f"B{b}{kind}"
+            frames = [stb_order(known_hand(shift=5.0 * i + b)) @ R.T + T for i in range(2)]  # depth frame
+            para = np.stack(frames).transpose(2, 1, 0)                                        # (3, 21, N)
+            scipy.io.savemat(root / "labels" / f"{seq}_SK.mat", {"handPara": para})
+            for i in range(2):
+                write_image(root / "images" / seq / f"SK_color_{i}.png", (16, 12))
+    return root
+
+
+def test_stb_split_counts_and_keys(stb_root: Path) -> None:
+    assert [len(STBReader(stb_root, s)) for s in ("train", "test", "all")] == [20, 4, 24]
+    assert STBReader(stb_root, "test").keys == [f"images/B1{k}/SK_color_{i}.png"
+                                                for k in ("Counting", "Random") for i in range(2)]
+
+
+def test_stb_frame_order_and_projection(stb_root: Path) -> None:
+    truth = known_hand(shift=5.0 * 1 + 1)   # B1Counting frame 1
+    s = STBReader(stb_root, "test", palm_to_wrist="keep")[1]
+    assert s.side == "left" and s.extra["root_joint"] == "palm centre"
+    np.testing.assert_allclose(s.joints_3d, truth, atol=1e-3)   # depth → colour frame and reorder undone
+    for name in ("thumb1", "thumb4", "index4", "middle1", "ring3", "little4"):
+        np.testing.assert_allclose(s.joints_3d[J(name)], truth[J(name)], atol=1e-3)
+    np.testing.assert_allclose(s.intrinsics, SK_COLOR_INTRINSICS)
+    assert s.intrinsics[0, 0] == pytest.approx(607.92271) and s.intrinsics[1, 2] == pytest.approx(236.42484)
+    np.testing.assert_allclose(s.joints_2d, project(truth, SK_COLOR_INTRINSICS), atol=1e-3)
+    w = STBReader(stb_root, "test")[1]   # default: wrist = palm + (palm − ring MCP)
+    np.testing.assert_allclose(w.joints_3d[0], 2 * truth[0] - truth[J("ring1")], atol=1e-3)
+    np.testing.assert_allclose(w.joints_3d[1:], truth[1:], atol=1e-3)
+    np.testing.assert_allclose(w.extra["palm"], truth[0], atol=1e-3)
+
+
+def test_stb_bad_annotation(stb_root: Path) -> None:
+    path = stb_root / "labels" / "B1Random_SK.mat"
+    scipy.io.savemat(path, {"handPara": np.zeros((3, 20, 2))})
+    with pytest.raises(AnnotationError, match=r"B1Random_SK\.mat: field 'handPara' must have shape"):
+        STBReader(stb_root, "test")
+    scipy.io.savemat(path, {"joints": np.zeros((3, 21, 2))})
+    with pytest.raises(AnnotationError, match="B1Random_SK.mat: field 'handPara' missing"):
+        STBReader(stb_root, "test")
+
+
+def test_stb_corrupt_image(stb_root: Path) -> None:
+    bad = stb_root / "images" / "B1Random" / "SK_color_0.png"
+    corrupt(bad)
+    with pytest.raises(DatasetError, match="SK_color_0.png"):
+        STBReader(stb_root, "test")[2]
+    check_skip_policy(lambda **kw: STBReader(stb_root, "test", **kw), bad, 4)
+
+
+# ----------------------------------------------------------------------------------------------- RWTH
+SKIN, BACKGROUND = (220, 170, 140), (40, 90, 200)
+
+
+def skin_scene(size=(64, 48), box=(20, 10, 36, 30)) -> np.ndarray:
+    img = np.zeros((size[1], size[0], 3), np.uint8)
+    img[:] = BACKGROUND
+    x0, y0, x1, y1 = box
+    img[y0:y1, x0:x1] = SKIN
+    return img
+
+
+@pytest.fixture
+def rwth_root(tmp_path: Path) -> Path:
+    root = tmp_path / "rwth"
+    (root / "images").mkdir(parents=True)
+    (root / "video").mkdir()
+    for signer in (1, 2):
+        for gid in (1, 2, 27):                   # A, B, SCH
+            for session in (1, 2):
+                Image.fromarray(skin_scene()).save(root / "images" / f"{signer}_{gid}_{session}_cam1.png")
+    Image.fromarray(skin_scene()).save(root / "images" / "1_10_1_cam1.png")   # J: motion, excluded
+    video = root / "video" / "3_3_1_cam2.avi"   # gesture id 3 = C, 5 frames of increasing grey
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (32, 24))
+    for k in range(5):
+        writer.write(np.full((24, 32, 3), 40 * k, np.uint8))
+    writer.release()
+    return root
+
+
+def test_rwth_classes_subjects_and_split(rwth_root: Path) -> None:
+    r = RWTHReader(rwth_root, "all")
+    assert len(r) == 13 and len(RWTHReader(rwth_root, "all", static_only=False)) == 14
+    assert len(RWTHReader(rwth_root, "all", camera="cam1")) == 12
+    s = r[r.keys.index("images/2_27_1_cam1.png")]
+    assert (s.gesture, s.gesture_name, s.subject) == (RWTH_STATIC.index("SCH"), "SCH", "P02")
+    assert s.joints_3d is None and s.extra["session"] == 1 and s.extra["camera"] == "cam1"
+    assert r[r.keys.index("images/1_1_2_cam1.png")].gesture == 0 and len(RWTH_STATIC) == 30
+    train, test = RWTHReader(rwth_root, "train"), RWTHReader(rwth_root, "test")
+    assert len(train) + len(test) == 13 and not set(train.keys) & set(test.keys) and len(test) == 2
+
+
+def test_rwth_video_middle_frame(rwth_root: Path) -> None:
+    r = RWTHReader(rwth_root, "all")
+    s = r[r.keys.index("video/3_3_1_cam2.avi")]
+    assert s.gesture_name == "C" and s.extra["frame"] == 2 and s.image.shape == (24, 32, 3)
+    assert abs(float(s.image.mean()) - 80) < 6
+
+
+def test_rwth_hand_box(rwth_root: Path) -> None:
+    r = RWTHReader(rwth_root, "all")
+    box = r.hand_box(r[0], pad=0.0)
+    assert box is not None and np.allclose(box, (20, 10, 36, 30), atol=1)
+    blank = HandSample(image=np.zeros((48, 64, 3), np.uint8), key="x", source="rwth")
+    assert r.hand_box(blank) is None
+
+
+def test_rwth_bad_name_and_corrupt(rwth_root: Path) -> None:
+    bad = rwth_root / "images" / "1_2_2_cam1.png"
+    corrupt(bad)
+    check_skip_policy(lambda **kw: RWTHReader(rwth_root, "all", **kw), bad, 13)
+    (rwth_root / "video" / "4_1_1_cam2.avi").write_bytes(b"not a video")
+    with pytest.raises(DatasetError, match="4_1_1_cam2.avi: cannot decode video"):
+        r = RWTHReader(rwth_root, "all")
+        r[r.keys.index("video/4_1_1_cam2.avi")]
+    (rwth_root / "images" / "holiday.png").write_bytes(b"")
+    with pytest.raises(AnnotationError, match="holiday.png: field 'file name'"):
+        RWTHReader(rwth_root, "all")
+
+
+# --------------------------------------------------------------------------------------------- Senz3D
+HAND_DEPTH_BOX = (140, 100, 180, 150)   # x0, y0, x1, y1 in the 320 x 240 depth map
+
+
+def senz_depth() -> np.ndarray:
+    d = np.full((240, 320), 1500, np.int16)
+    x0, y0, x1, y1 = HAND_DEPTH_BOX
+    d[y0:y1, x0:x1] = 450
+    d[0:5, 0:5] = 32001          # saturated → invalid
+    d[20, 300] = 300             # a single flying pixel nearer than the hand (removed by the opening)
+    return d
+
+
+@pytest.fixture
+def senz_root(tmp_path: Path) -> Path:
+    root = tmp_path / "senz3d"
+    for s in (1, 2):
+        for g in (1, 2, 3):
+            d = root / f"S{s}" / f"G{g}"
+            for r in (1, 2):
+                write_image(d / f"{r}-color.png", (640, 480), 90)
+                senz_depth().astype("<i2").tofile(d / f"{r}-depth.bin")
+                np.full((240, 320), 500, "<i2").tofile(d / f"{r}-conf.bin")
+    return root
+
+
+def test_senz3d_labels_depth_and_split(senz_root: Path) -> None:
+    r = Senz3DReader(senz_root, "all")
+    assert len(r) == 12 and r.keys[0] == "S1/G1/1-color.png"
+    s = r[r.keys.index("S2/G3/2-color.png")]
+    assert (s.gesture, s.gesture_name, s.subject, s.extra["repetition"]) == (2, "G3", "S2", 2)
+    assert s.image.shape == (480, 640, 3) and s.depth.shape == (240, 320) and s.depth.dtype == np.float32
+    assert s.depth[120, 160] == 450 and s.depth[0, 0] == 0 and s.depth[200, 10] == 1500
+    assert s.extra["confidence"].shape == (240, 320)
+    assert len(Senz3DReader(senz_root, "train")) + len(Senz3DReader(senz_root, "test")) == 12
+
+
+def test_senz3d_hand_box(senz_root: Path) -> None:
+    r = Senz3DReader(senz_root, "all")
+    box = r.hand_box(r[0], pad=0.0)
+    focal = lambda n, fov: (n / 2) / math.tan(math.radians(fov) / 2)  # noqa: E731
+    sx, sy = focal(640, 63.2) / focal(320, 74.0), focal(480, 49.3) / focal(240, 58.0)
+    x0, y0, x1, y1 = HAND_DEPTH_BOX
+    expect = (320 + sx * (x0 - 160), 240 + sy * (y0 - 120), 320 + sx * (x1 - 160), 240 + sy * (y1 - 120))
+    assert box is not None and np.allclose(box, expect, atol=1.5)
+    padded = r.hand_box(r[0])
+    assert padded[0] < box[0] and padded[3] > box[3]
+    assert r.hand_box(HandSample(image=np.zeros((4, 4, 3), np.uint8), key="x", source="senz3d")) is None
+
+
+def test_senz3d_bad_depth_and_corrupt(senz_root: Path) -> None:
+    bad_depth = senz_root / "S1" / "G2" / "1-depth.bin"
+    np.zeros(100, "<i2").tofile(bad_depth)
+    r = Senz3DReader(senz_root, "all")
+    with pytest.raises(AnnotationError, match=r"1-depth\.bin: field 'depth' must hold 320x240 int16"):
+        r[r.keys.index("S1/G2/1-color.png")]
+    bad = senz_root / "S2" / "G1" / "2-color.png"
+    corrupt(bad)
+    check_skip_policy(lambda **kw: Senz3DReader(senz_root, "all", **kw), bad, 12)
