@@ -1,0 +1,165 @@
+"""keyhand.metrics: EPE / 3D PCK / AUC as lmb-freiburg/hand3d computes them, and gesture metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from keyhand.metrics import (
+    PCK_GRID_FULL_MM,
+    PCK_THRESHOLDS_MM,
+    PoseEvaluator,
+    accuracy,
+    auc,
+    confusion_matrix,
+    epe,
+    gesture_metrics,
+    joint_errors,
+    pck_curve,
+    per_class_accuracy,
+)
+
+J = 21
+
+
+def hand3d_reference(errors: np.ndarray, vis: np.ndarray) -> tuple[float, float, float, np.ndarray, float]:
+    """Direct numpy transcription of the hand3d protocol (utils/general.py EvalUtil.get_measures(0, 50, 20) and
+    eval_full.py's 20-50 mm subset ``[8:]`` with calc_auc), written independently of keyhand.metrics."""
+    thresholds = np.linspace(0.0, 50.0, 20)
+    norm = np.trapezoid(np.ones_like(thresholds), thresholds)
+    means, medians, aucs, curves = [], [], [], []
+    for k in range(errors.shape[1]):
+        d = errors[vis[:, k] > 0, k]
+        if len(d) == 0:
+            continue
+        means.append(d.mean())
+        medians.append(np.median(d))
+        curve = np.array([np.mean(d <= t) for t in thresholds])
+        curves.append(curve)
+        aucs.append(np.trapezoid(curve, thresholds) / norm)
+    curve = np.mean(curves, 0)
+    sub_t, sub_c = thresholds[8:], curve[8:]
+    auc_20_50 = np.trapezoid(sub_c, sub_t) / np.trapezoid(np.ones_like(sub_c), sub_t)
+    return float(np.mean(means)), float(np.mean(medians)), float(np.mean(aucs)), sub_c, float(auc_20_50)
+
+
+def poses_with_errors(dist_mm: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(N, J) wanted errors -> gt, pred (N, J, 3) mm whose root-relative errors are exactly ``dist_mm``
+    (joint 0 error must be 0); gt in a camera frame far from the origin."""
+    rng = np.random.default_rng(seed)
+    n = dist_mm.shape[0]
+    gt = rng.normal(0, 40, (n, J, 3)) + np.array([30.0, -10.0, 600.0])
+    direction = rng.normal(size=(n, J, 3))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    pred = gt + direction * dist_mm[..., None]
+    pred += rng.normal(0, 100, (n, 1, 3)) - (pred[:, :1] - gt[:, :1])     # any global offset: root-relative
+    return gt, pred
+
+
+def test_threshold_grid_is_hand3d_stb_subset():
+    assert len(PCK_GRID_FULL_MM) == 20 and PCK_GRID_FULL_MM[0] == 0 and PCK_GRID_FULL_MM[-1] == 50
+    assert len(PCK_THRESHOLDS_MM) == 12
+    assert PCK_THRESHOLDS_MM[0] == pytest.approx(8 * 50 / 19) and PCK_THRESHOLDS_MM[-1] == 50.0
+    assert np.allclose(np.diff(PCK_THRESHOLDS_MM), 50 / 19)
+
+
+def test_all_errors_10mm_auc_one():
+    dist = np.full((5, J), 10.0)
+    dist[:, 0] = 0.0
+    gt, pred = poses_with_errors(dist)
+    ev = PoseEvaluator()
+    ev.update(pred, gt)
+    r = ev.compute()
+    assert r["auc"] == pytest.approx(1.0) and r["pck"]["values"] == pytest.approx([1.0] * 12)
+    assert r["epe_mean"] == pytest.approx(10.0 * 20 / 21)          # the root (error 0) counts, as in hand3d
+    assert r["epe_median"] == pytest.approx(10.0 * 20 / 21)
+    assert r["count"] == 5 and r["pck"]["thresholds_mm"] == pytest.approx(list(PCK_THRESHOLDS_MM))
+
+
+def test_all_errors_35mm_auc_by_hand():
+    # grid 50k/19, k = 8..19: thresholds >= 35 mm are k >= 14 (36.84 mm). PCK (excluding the root) is 0 for
+    # k = 8..13 and 1 for k = 14..19: trapezoids 0.5 + 5 = 5.5 steps out of 11 -> 0.5; the root (error 0,
+    # PCK 1 everywhere) adds 1/21 of the gap: AUC = (20 * 0.5 + 1) / 21.
+    dist = np.full((3, J), 35.0)
+    dist[:, 0] = 0.0
+    gt, pred = poses_with_errors(dist, seed=1)
+    ev = PoseEvaluator()
+    ev.update(pred, gt)
+    r = ev.compute()
+    assert r["auc"] == pytest.approx((20 * 0.5 + 1) / 21)
+    # full 0-50 grid: PCK 0 for k = 0..13, 1 for k = 14..19 -> (0.5 + 5) / 19
+    assert r["auc_0_50"] == pytest.approx((20 * 5.5 / 19 + 1) / 21)
+    assert r["epe_mean"] == pytest.approx(35.0 * 20 / 21)
+
+
+def test_matches_hand3d_reference_with_visibility():
+    rng = np.random.default_rng(7)
+    dist = rng.gamma(2.0, 12.0, (40, J))
+    dist[:, 0] = 0.0
+    vis = (rng.random((40, J)) > 0.2).astype(np.float32)
+    vis[:, 7] = 0                                              # a keypoint never visible: skipped
+    gt, pred = poses_with_errors(dist, seed=2)
+    ev = PoseEvaluator()
+    for sl in (slice(0, 13), slice(13, 30), slice(30, 40)):    # accumulate over batches, torch and numpy
+        ev.update(torch.from_numpy(pred[sl]).float(), gt[sl], torch.from_numpy(vis[sl]))
+    r = ev.compute()
+    mean, median, auc_full, curve, auc_20_50 = hand3d_reference(dist, vis)
+    assert r["epe_mean"] == pytest.approx(mean, rel=1e-5)
+    assert r["epe_median"] == pytest.approx(median, rel=1e-5)
+    assert r["auc"] == pytest.approx(auc_20_50, rel=1e-5)
+    assert r["auc_0_50"] == pytest.approx(auc_full, rel=1e-5)
+    assert np.allclose(r["pck"]["values"], curve, atol=1e-6)
+    assert r["count"] == 40
+    # per-keypoint averaging differs from pooling all errors when visibility varies
+    assert abs(r["epe_mean"] - dist[vis > 0].mean()) > 1e-3
+
+
+def test_epe_median_is_mean_of_per_keypoint_medians():
+    errors = np.array([[0.0, 1.0, 10.0], [0.0, 3.0, 20.0], [0.0, 8.0, 90.0]])
+    mean, median = epe(errors)
+    assert mean == pytest.approx((0 + 4 + 40) / 3)
+    assert median == pytest.approx((0 + 3 + 20) / 3)
+    assert np.isnan(epe(errors, np.zeros_like(errors))[0])
+
+
+def test_pck_inclusive_and_auc_normalisation():
+    errors = np.array([[20.0, 30.0]])
+    assert pck_curve(errors, [19.0, 20.0, 30.0]).tolist() == [0.0, 0.5, 1.0]
+    assert auc([20.0, 30.0, 50.0], [0.0, 1.0, 1.0]) == pytest.approx((5 + 20) / 30)
+    with pytest.raises(ValueError, match="increasing thresholds"):
+        auc([20.0], [1.0])
+
+
+def test_root_relative_and_errors():
+    gt = np.random.default_rng(0).normal(size=(2, J, 3))
+    assert np.allclose(joint_errors(gt + 100.0, gt), 0.0)
+    assert np.allclose(joint_errors(gt + 3.0, gt, relative=False), np.sqrt(27.0))
+    with pytest.raises(ValueError, match="\\(N, J, 3\\)"):
+        joint_errors(gt[:, :, :2], gt[:, :, :2])
+    ev = PoseEvaluator()
+    with pytest.raises(ValueError, match="21 joints"):
+        ev.update(gt[:, :20], gt[:, :20])
+    r = ev.compute()
+    assert r["count"] == 0 and np.isnan(r["epe_mean"]) and np.isnan(r["auc"])
+    ev.update(gt, gt)
+    ev.reset()
+    assert ev.count == 0
+
+
+def test_gesture_metrics_hand_computed():
+    y_true = np.array([0, 0, 1, 1, 1, 2])
+    y_pred = np.array([0, 1, 1, 1, 0, 2])
+    cm = confusion_matrix(y_true, y_pred, labels=[0, 1, 2, 3])
+    assert cm.tolist() == [[1, 1, 0, 0], [1, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    assert accuracy(y_true, y_pred) == pytest.approx(4 / 6)
+    pca = per_class_accuracy(y_true, y_pred, labels=[0, 1, 2, 3])
+    assert pca[:3] == pytest.approx([0.5, 2 / 3, 1.0]) and np.isnan(pca[3])
+    # label order is respected
+    assert confusion_matrix(y_true, y_pred, labels=[2, 1, 0]).tolist() == [[1, 0, 0], [0, 2, 1], [0, 1, 1]]
+    m = gesture_metrics(torch.tensor(y_true), torch.tensor(y_pred), labels=[0, 1, 2])
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["count"] == 6 and m["confusion"][1] == [1, 2, 0]
+    with pytest.raises(ValueError, match="y_pred has labels \\[5\\]"):
+        confusion_matrix([0, 1], [0, 5], labels=[0, 1])
+    with pytest.raises(ValueError, match="differ in length"):
+        accuracy([0, 1], [0])
