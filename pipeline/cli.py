@@ -8,6 +8,11 @@
     keyhand prepare synth-stb --root data/synth/synth-stb --split train --out data/prepared/synth-stb/train
     keyhand masks data/prepared/synth-stb/train --out data/masks/synth-stb/train --workers 2
     keyhand bench mano|render|data             # benchmark figures (not timed tests)
+    keyhand pretrain-sfe --data data/prepared/synth-obman --out runs/sfe [--config train.yaml] [--resume]
+    keyhand train --data data/prepared/synth-stb --masks data/masks/synth-stb --sfe-checkpoint runs/sfe --out runs/train
+    keyhand train-gesture --framework runs/train --data data/prepared/synth-gestures --out runs/gesture
+    keyhand evaluate --checkpoint runs/train --data data/prepared/synth-stb/test --out runs/train/eval
+    keyhand predict hand1.jpg hand2.png --checkpoint runs/train --out predictions/ [--box x0,y0,x1,y1]
 """
 
 from __future__ import annotations
@@ -198,6 +203,218 @@ def bench(
 
         rows = mod.run()
     typer.echo(mod.format_table(rows))
+
+
+# ------------------------------------------------------------------------------------------ training (trainers/)
+
+def _load_cfg(config: Path | None, stage: str, epochs: int | None):
+    from trainers.config import ConfigError, load_config
+
+    try:
+        return load_config(config, {stage: {"epochs": epochs}} if epochs is not None else None)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _split_dirs(data: Path, what: str = "--data") -> tuple[Path, Path | None, str | None]:
+    """(train split, evaluation split or None, its name): ``data`` is a split or a folder of splits."""
+    if (data / "manifest.json").is_file():
+        return data, None, None
+    if not (data / "train" / "manifest.json").is_file():
+        _fail(f"{what} {data}: no prepared split (manifest.json) in it or in {data / 'train'}: run keyhand prepare")
+    for name in ("val", "test"):
+        if (data / name / "manifest.json").is_file():
+            return data / "train", data / name, name
+    return data / "train", None, None
+
+
+def _eval_split(data: Path) -> Path:
+    """A split to evaluate: ``data`` itself, else its test/ (or val/) split."""
+    if (data / "manifest.json").is_file():
+        return data
+    for name in ("test", "val"):
+        if (data / name / "manifest.json").is_file():
+            return data / name
+    _fail(f"--data {data}: no prepared split (manifest.json) in it or in its test/ or val/: run keyhand prepare")
+
+
+def _masks(masks: Path | None, val_name: str | None) -> dict:
+    if masks is None:
+        return {}
+    if (masks / "manifest.json").is_file():
+        return {"train": masks}
+    out = {"train": masks / "train"}
+    if val_name and (masks / val_name / "manifest.json").is_file():
+        out["val"] = masks / val_name
+    if not (out["train"] / "manifest.json").is_file():
+        _fail(f"--masks {masks}: no packed masks (manifest.json) in it or in {out['train']}: run keyhand masks")
+    return out
+
+
+def _training_errors():
+    from keyhand.data.record import DatasetError
+    from keyhand.geometry.mano import ManoFileError
+    from trainers.checkpoint import CheckpointError
+    from trainers.config import ConfigError
+    from trainers.predict import PredictError
+    from trainers.train import FitError
+
+    return (FitError, CheckpointError, ConfigError, DatasetError, ManoFileError, PredictError, ValueError)
+
+
+def _run_stage(stage: str, config: Path | None, data: Path, masks: Path | None, out: Path, resume: bool,
+               epochs: int | None, device: str, force: bool, sfe_checkpoint: Path | None = None,
+               framework: Path | None = None) -> None:
+    from trainers.checkpoint import latest
+    from trainers.device import resolve_device
+    from trainers.train import (
+        build_classifier,
+        build_framework,
+        fit,
+        load_sfe_weights,
+        make_loaders,
+        num_gesture_classes,
+    )
+
+    cfg = _load_cfg(config, stage, epochs)
+    train_dir, val_dir, val_name = _split_dirs(data)
+    try:
+        dev = resolve_device(device)
+        frozen = None
+        if stage == "gesture":
+            from trainers.predict import load_model
+
+            frozen, section = load_model(framework, dev)
+            cfg = cfg.with_overrides(model=section.model_dump())
+            loaders = make_loaders(cfg, stage, train_dir, val_dir, device=dev)
+            model = build_classifier(cfg, num_gesture_classes(loaders["train"].dataset))
+        else:
+            loaders = make_loaders(cfg, stage, train_dir, val_dir, _masks(masks, val_name), device=dev)
+            model = build_framework(cfg)
+            if sfe_checkpoint is not None and not (resume and latest(out) is not None):
+                typer.echo(f"SFE initialised from {load_sfe_weights(model, sfe_checkpoint)}")
+        result = fit(stage, model, loaders, cfg, out, resume=resume, framework=frozen, device=dev, force=force)
+    except KeyboardInterrupt:
+        from trainers.checkpoint import latest as _latest
+
+        _fail(f"interrupted: the last complete epoch is kept in {_latest(out) or out}; continue with --resume")
+    except _training_errors() as exc:
+        _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()
+                      if k.startswith(("train/total", "val/")) and isinstance(v, float))
+    typer.echo(f"{stage}: ran epochs {result.start_epoch + 1}-{result.start_epoch + result.epochs_run} "
+               f"into {out} (checkpoint {result.checkpoint}){': ' + shown if shown else ''}")
+
+
+_CONFIG = typer.Option(None, "--config", help="YAML of model/loss/sfe/train/gesture sections (default profile).")
+_OUT = typer.Option(..., "--out", help="Run folder: checkpoints, history.json.")
+_RESUME = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out.")
+_EPOCHS = typer.Option(None, "--epochs", help="Override the stage's number of epochs.")
+_DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+_FORCE = typer.Option(False, "--force", help="Resume even if the settings changed since the checkpoint.")
+_MASKS = typer.Option(None, "--masks", help="GrabCut masks (keyhand masks): a folder or one with train/ val|test/.")
+
+
+@app.command("pretrain-sfe")
+def pretrain_sfe_cmd(
+    data: Path = typer.Option(..., "--data", help="Prepared split, or a folder with train/ (and val/ or test/)."),
+    out: Path = _OUT, config: Path = _CONFIG, masks: Path = _MASKS, resume: bool = _RESUME,
+    epochs: int = _EPOCHS, device: str = _DEVICE, force: bool = _FORCE,
+) -> None:
+    """SFE pretraining (§4.1.1, ObMan): L_SFE (Eqs. 13-14), only the SFE's weights change."""
+    _run_stage("sfe", config, data, masks, out, resume, epochs, device, force)
+
+
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Option(..., "--data", help="Prepared split, or a folder with train/ (and val/ or test/)."),
+    out: Path = _OUT, config: Path = _CONFIG, masks: Path = _MASKS,
+    sfe_checkpoint: Path = typer.Option(None, "--sfe-checkpoint", help="Pretrained SFE (a pretrain-sfe run)."),
+    resume: bool = _RESUME, epochs: int = _EPOCHS, device: str = _DEVICE, force: bool = _FORCE,
+) -> None:
+    """Full training with the multi-task loss (Eq. 12), evaluated (EPE, AUC) after every epoch."""
+    _run_stage("train", config, data, masks, out, resume, epochs, device, force, sfe_checkpoint=sfe_checkpoint)
+
+
+@app.command("train-gesture")
+def train_gesture_cmd(
+    framework: Path = typer.Option(..., "--framework", help="The trained framework (a train run or .pt)."),
+    data: Path = typer.Option(..., "--data", help="Prepared gesture split, or a folder with train/ (val|test/)."),
+    out: Path = _OUT, config: Path = _CONFIG, resume: bool = _RESUME, epochs: int = _EPOCHS,
+    device: str = _DEVICE, force: bool = _FORCE,
+) -> None:
+    """The §4.3.3 gesture classifier on the frozen framework's 3D joints (computed once per split)."""
+    _run_stage("gesture", config, data, None, out, resume, epochs, device, force, framework=framework)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A framework checkpoint (.pt) or its run folder."),
+    data: Path = typer.Option(..., "--data", help="Prepared split to evaluate (or a folder with test/)."),
+    out: Path = typer.Option(..., "--out", help="Folder for metrics.json, predictions.npz and panels."),
+    panels: int = typer.Option(4, "--panels", help="Fig. 6 panels of the first N samples."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Evaluation batch size."),
+    device: str = _DEVICE,
+) -> None:
+    """3D EPE, PCK (20-50 mm) and AUC on a split (§4.3), per-sample predictions and Fig. 6 panels."""
+    import json
+
+    from keyhand.data.cache import PreparedDataset
+    from trainers.predict import load_model, split_panels
+    from trainers.train import evaluate, make_loader, save_predictions
+
+    split = _eval_split(data)
+    try:
+        model, section = load_model(checkpoint, device)
+        ds = PreparedDataset(split, heatmap_size=section.image_size // 4)
+        if ds.image_size != section.image_size:
+            _fail(f"prepared split {split} has {ds.image_size} px crops but the model takes {section.image_size}")
+        metrics = evaluate(model, make_loader(ds, batch_size, shuffle=False), progress=True)
+        out.mkdir(parents=True, exist_ok=True)
+        save_predictions(out / "predictions.npz", metrics.pop("predictions"))
+        written = split_panels(model, ds, range(min(panels, len(ds))), out / "panels")
+    except _training_errors() as exc:
+        _fail(str(exc).strip().splitlines()[0])
+    record = {"checkpoint": str(checkpoint), "split": str(split), **metrics}
+    (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    typer.echo(f"{split}: EPE {metrics.get('epe_mean', float('nan')):.2f} mm (median "
+               f"{metrics.get('epe_median', float('nan')):.2f}), AUC 20-50 mm {metrics.get('auc', float('nan')):.3f}"
+               f" over {metrics['count']} samples; wrote {out / 'metrics.json'}, {len(written)} panels")
+
+
+def _box(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        _fail(f"--box expects x0,y0,x1,y1 in image pixels, got {text!r}")
+    return box
+
+
+@app.command("predict")
+def predict_cmd(
+    images: list[Path] = typer.Argument(..., help="Image files (RGB)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A framework checkpoint (.pt) or its run folder."),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Folder for JSON, .obj and panel PNG per image."),
+    box: str = typer.Option(None, "--box", help="Hand box x0,y0,x1,y1 (px; enlarged 20 %); default: centre square."),
+    device: str = _DEVICE,
+) -> None:
+    """2D/3D joints, mesh and a Fig. 6 panel per image, with SFE / VE / HE times (§4.3)."""
+    from trainers.predict import load_model, predict_images
+
+    try:
+        model, _ = load_model(checkpoint, device)
+        results = predict_images(model, images, out, box=_box(box))
+    except _training_errors() as exc:
+        _fail(str(exc).strip().splitlines()[0])
+    for r in results:
+        t = r["times_ms"]
+        typer.echo(f"{r['image']}: wrote {', '.join(Path(f).name for f in r['files'].values())}; "
+                   f"SFE {t['sfe']:.1f} ms, VE {t['ve']:.1f} ms, HE {t['he']:.1f} ms, total {t['total']:.1f} ms "
+                   f"({r['device']})")
 
 
 def main() -> None:  # pragma: no cover - console entry

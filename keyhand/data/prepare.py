@@ -42,6 +42,7 @@ from keyhand.data.cache import (
     write_split,
 )
 from keyhand.data.crop import CropBox, crop_sample
+from keyhand.data.heatmaps import DEFAULT_SIGMA
 from keyhand.data.masks import MaskItem, MaskReport, compute_masks, load_mask, mask_path
 from keyhand.data.record import HandSample
 
@@ -99,8 +100,12 @@ def _cropped(reader, image_size: int, enlarge: float, stats: PrepareStats) -> It
 
 
 def prepare_split(reader, out_dir: str | os.PathLike, image_size: int = 256, enlarge: float = 0.2,
-                  shard_size: int = 1024, params: dict | None = None) -> tuple[dict, PrepareStats]:
+                  shard_size: int = 1024, params: dict | None = None, sigma: float = DEFAULT_SIGMA
+                  ) -> tuple[dict, PrepareStats]:
     """Crop every sample of ``reader`` (§3.1) and write the prepared split; returns (manifest, stats).
+
+    The §3.5 heatmaps that readers of the split compute are recorded with it: side ``image_size // 4``
+    (64 at 256², the SFE's output), Gaussian ``sigma`` in heatmap pixels (2.5).
 
     ``params`` (what produced the data: dataset, root, seed ...) are hashed into the manifest together
     with the crop settings, so the masks and the trainers can check what they read.
@@ -108,7 +113,7 @@ def prepare_split(reader, out_dir: str | os.PathLike, image_size: int = 256, enl
     stats = PrepareStats()
     full = {"crop": {"image_size": image_size, "enlarge": enlarge}, **(params or {})}
     manifest = write_split(_cropped(reader, image_size, enlarge, stats), out_dir, shard_size=shard_size,
-                           image_size=image_size, params=full)
+                           image_size=image_size, heatmap_size=max(1, image_size // 4), sigma=sigma, params=full)
     stats.written = int(manifest["count"])
     stats.skipped_files = list(getattr(reader, "skipped", []))
     return manifest, stats
