@@ -13,6 +13,8 @@
     keyhand train-gesture --framework runs/train --data data/prepared/synth-gestures --out runs/gesture
     keyhand evaluate --checkpoint runs/train --data data/prepared/synth-stb/test --out runs/train/eval
     keyhand predict hand1.jpg hand2.png --checkpoint runs/train --out predictions/ [--box x0,y0,x1,y1]
+    keyhand stage train                        # one stage of dvc.yaml (reads params.yaml)
+    keyhand params write --profile paper       # the paper's protocol into params.yaml (then: dvc repro)
 """
 
 from __future__ import annotations
@@ -182,6 +184,7 @@ class Bench(StrEnum):
     mano = "mano"
     render = "render"
     data = "data"
+    model = "model"
 
 
 @app.command("bench")
@@ -198,10 +201,14 @@ def bench(
         from pipeline import bench_render as mod
 
         rows = [r for d in (device or [None]) for r in mod.run(device=d)]
-    else:
+    elif what is Bench.data:
         from pipeline import bench_data as mod
 
         rows = mod.run()
+    else:
+        from pipeline import bench_model as mod
+
+        rows = [r for d in (device or [None]) for r in mod.run(device=d)]
     typer.echo(mod.format_table(rows))
 
 
@@ -415,6 +422,84 @@ def predict_cmd(
         typer.echo(f"{r['image']}: wrote {', '.join(Path(f).name for f in r['files'].values())}; "
                    f"SFE {t['sfe']:.1f} ms, VE {t['ve']:.1f} ms, HE {t['he']:.1f} ms, total {t['total']:.1f} ms "
                    f"({r['device']})")
+
+
+# ------------------------------------------------------------------------------ the experiment graph (dvc.yaml)
+
+_PARAMS = typer.Option(Path("params.yaml"), "--params", help="The params file (params.yaml).")
+
+
+def _params(path: Path, overrides: dict | None = None):
+    from pipeline.params import ParamsError, load_params
+
+    try:
+        return load_params(path, overrides)
+    except ParamsError as exc:
+        _fail(str(exc))
+
+
+def _stage_errors() -> tuple[type[BaseException], ...]:
+    from keyhand.data.record import DatasetError
+    from keyhand.geometry.mano import ManoFileError
+    from pipeline.params import ParamsError
+    from pipeline.stages import StageError
+    from trainers.checkpoint import CheckpointError
+    from trainers.tracking import TrackingError
+
+    errors: list[type[BaseException]] = [DatasetError, ManoFileError, ParamsError, StageError, CheckpointError,
+                                         TrackingError, *_training_errors()]
+    try:
+        from trainers.sweep import SweepError
+
+        errors.append(SweepError)
+    except ImportError:  # pragma: no cover - ray missing
+        pass
+    return tuple(errors)
+
+
+@app.command("stage")
+def stage_cmd(
+    name: str = typer.Argument(..., help="synthetic, prepare, masks, pretrain-sfe, train, evaluate, ablate, "
+                                         "gesture-cv, report (the stages of dvc.yaml)."),
+    role: str = typer.Argument(None, help="Data role of prepare / masks: pretrain, pose, gesture."),
+    params: Path = _PARAMS,
+) -> None:
+    """Run one stage of the experiment graph (what `dvc repro` calls; pipeline/stages.py)."""
+    from pipeline.stages import run_stage
+
+    p = _params(params)
+    try:
+        run_stage(name, p, role)
+    except _stage_errors() as exc:
+        _fail(f"stage {name}{' ' + role if role else ''}: {str(exc).strip().splitlines()[0]}")
+
+
+params_app = typer.Typer(help="Write or show params.yaml (profiles: default, paper).", no_args_is_help=True)
+app.add_typer(params_app, name="params")
+
+
+@params_app.command("write")
+def params_write(
+    profile: str = typer.Option("default", help="default (synthetic, 2-core CPU) or paper (the paper's protocol)."),
+    params: Path = _PARAMS,
+    keep_local: bool = typer.Option(True, help="Keep data roots, MANO path, Ray address and MLflow URI."),
+) -> None:
+    """Write a complete params file for a profile (then: dvc repro)."""
+    from pipeline.params import ParamsError, write_params
+
+    try:
+        write_params(params, profile, keep_local=keep_local)
+    except ParamsError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {params} (profile {profile})")
+
+
+@params_app.command("show")
+def params_show(params: Path = _PARAMS) -> None:
+    """Print the validated params (profile applied) as YAML."""
+    from pipeline.params import render_params
+
+    typer.echo(render_params(_params(params)))
 
 
 def main() -> None:  # pragma: no cover - console entry

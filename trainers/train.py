@@ -206,7 +206,13 @@ def build_framework(cfg: TrainConfig, seed: int | None = None) -> nn.Module:
 
 
 def load_sfe_weights(model: nn.Module, checkpoint: str | os.PathLike) -> Path:
-    """Copy a pretrained SFE (an ``"sfe"`` stage checkpoint) into ``model.sfe`` (Table 1, last row)."""
+    """Copy a pretrained SFE (an ``"sfe"`` stage checkpoint) into ``model.sfe`` (Table 1, last row).
+
+    Every tensor whose name and shape match is copied: the stem, both hourglasses and their heatmap /
+    silhouette heads. Layers that exist only for another variant (the 1x1 convolution of ``fusion="sum"``,
+    the silhouette head when pretraining had none) keep their initial weights (printed); a checkpoint that
+    shares no hourglass weight with the model is refused.
+    """
     ckpt = load_checkpoint(checkpoint)
     prefix = "sfe."
     state = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
@@ -214,12 +220,16 @@ def load_sfe_weights(model: nn.Module, checkpoint: str | os.PathLike) -> Path:
         raise FitError(f"{ckpt['path']}: model.sfe is 'none', there is no SFE to initialise")
     if not state:
         raise FitError(f"{ckpt['path']}: the checkpoint holds no SFE weights")
-    try:
-        model.sfe.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise FitError(f"{ckpt['path']}: SFE weights do not fit this model ({first}); pretrain with the same "
-                       f"model settings") from None
+    own = model.sfe.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any("hourglass" in k or "hg" in k for k in matched) or len(matched) < len(own) // 2:
+        raise FitError(f"{ckpt['path']}: SFE weights do not fit this model ({len(matched)} of {len(own)} tensors "
+                       f"match); pretrain with the same model.image_size and model.sfe_channels")
+    model.sfe.load_state_dict(matched, strict=False)
+    skipped = sorted({k.split(".")[0] for k in set(own) - set(matched)})
+    if skipped:
+        print(f"pretrained SFE {Path(ckpt['path']).name}: kept the initial weights of {', '.join(skipped)} "
+              f"(layers of another SFE variant)")
     return Path(ckpt["path"])
 
 
@@ -349,7 +359,7 @@ def fit(stage: str, model: nn.Module, loaders: dict[str, DataLoader], cfg: Train
         run_model.train()
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(loader, desc=f"{stage} {epoch + 1}/{st.epochs}", disable=not progress, leave=False,
+        bar = tqdm(loader, desc=f"{stage} {epoch + 1}/{st.epochs}", disable=None if progress else True, leave=False,
                    dynamic_ncols=True)
         try:
             for step, batch in enumerate(bar):

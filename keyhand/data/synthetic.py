@@ -104,7 +104,9 @@ class _SceneSampler:
             curl, spread = curls[0], float(spreads[0])
             betas = rng.normal(0, 1.0, 10)
             skin = _SKIN[rng.integers(len(_SKIN))] * rng.uniform(0.9, 1.1)
-            tilt_max, roll_max = np.radians(70), np.pi
+            # ObMan-like: any view; STB-like: a hand held up in front of the camera (STB's sequences)
+            tilt_max, roll_max = (np.radians(70), np.pi) if self.kind == "synth-obman" else (np.radians(50),
+                                                                                              np.radians(75))
         pose = self.art.pose(curl, spread, noise)
         # View: the hand frame's (fingers, dorsal) axes to the camera's (up, towards camera or away),
         # then a random tilt and roll.

@@ -1,0 +1,375 @@
+"""``params.yaml``: every knob of the platform in one file, validated when loaded.
+
+    from pipeline.params import load_params
+    p = load_params("params.yaml")                     # ParamsError: one line naming the file and the key
+    p.train_config()                                   # trainers.config.TrainConfig (model, loss, stages)
+    p.pose_datasets(), p.gesture_datasets()            # what the graph prepares and trains on
+
+Sections (each forbids unknown keys, so a typo stops with ``params.yaml: sweep.ablaton: unknown key``):
+
+    profile   "default" (the embedded synthetic profile: the whole graph on a 2-core CPU in minutes) or
+              "paper" (the paper's protocol, §4.1-4.3: batch 6, Adam 1e-4, wd 1e-5, 60 epochs SFE
+              pretraining, 80 epochs training, 256² crops, the paper's model widths and dataset sizes).
+              What a section omits comes from the profile; what it states wins.
+    data      source (synthetic | real), the working folder, the synthetic sizes, the real datasets' roots
+    prepare   §3.1 crop enlargement, §3.5 heatmap σ and GrabCut iterations / processes
+    model, loss, sfe, train, gesture    trainers.config sections (Tables 1-4 switches, Eq. 12 weights, stages)
+    evaluate  Fig. 6 panels to render
+    cv        §4.3.3 gesture cross-validation (folds, test fraction, stratified | subject)
+    sweep     the Tables 1-4 rows (named overrides), the Optuna search space, per-trial resources, retries
+    ray       the cluster address (None = a local Ray; "auto"; "ray://host:port")
+    mlflow    tracking URI (None = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db) and experiments
+
+The crop side is ``model.image_size`` (one source of truth for preparation and the network).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.config import TrainConfig, format_validation_error
+
+__all__ = ["Params", "ParamsError", "load_params", "write_params", "render_params", "PARAMS_PROFILES",
+           "POSE_DATASETS", "GESTURE_DATASETS", "flatten"]
+
+#: Pose datasets (SFE pretraining, training/evaluation) and gesture datasets, synthetic and real.
+POSE_DATASETS = {"synthetic": {"pretrain": "synth-obman", "pose": "synth-stb"},
+                 "real": {"pretrain": "obman", "pose": "stb"}}
+GESTURE_DATASETS = {"synthetic": ("synth-gestures",), "real": ("rwth", "senz3d")}
+
+
+class ParamsError(ValueError):
+    """A bad params file: one line naming the file and the dotted key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SyntheticSection(_Section):
+    """Sizes of the generated datasets (images per split), image size, seed, gesture subjects."""
+
+    seed: int = 0
+    height: int = Field(240, ge=32)
+    width: int = Field(320, ge=32)
+    obman: dict[str, int] = {"train": 240}
+    stb: dict[str, int] = {"train": 240, "test": 60}
+    gestures: dict[str, int] = {"all": 240}
+    subjects: int = Field(4, ge=1)
+
+    @field_validator("obman", "stb", "gestures")
+    @classmethod
+    def _positive(cls, v: dict[str, int]) -> dict[str, int]:
+        for split, n in v.items():
+            if n < 0:
+                raise ValueError(f"split {split!r}: a size must be >= 0, got {n}")
+        return v
+
+
+class RootSection(_Section):
+    root: str | None = None
+
+
+class ObmanSection(RootSection):
+    mode: Literal["hand_object", "hand", "all"] = "all"      # §4.1.1: hand-only and hand-object images
+
+
+class StbSection(RootSection):
+    palm_to_wrist: Literal["extrapolate", "keep"] = "extrapolate"
+
+
+class DataSection(_Section):
+    source: Literal["synthetic", "real"] = "synthetic"
+    dir: str = "data"                                   # generated, prepared and mask folders live here
+    on_corrupt: Literal["fail", "skip"] = "fail"        # corrupt images: stop, or skip with a counted warning
+    synthetic: SyntheticSection = SyntheticSection()
+    obman: ObmanSection = ObmanSection()
+    stb: StbSection = StbSection()
+    rwth: RootSection = RootSection()
+    senz3d: RootSection = RootSection()
+
+
+class PrepareSection(_Section):
+    enlarge: float = Field(0.2, ge=0)                   # §3.1: l enlarged by 20 %
+    sigma: float = Field(2.5, gt=0)                     # §3.5: heatmap Gaussian σ (heatmap px)
+    mask_iterations: int = Field(5, ge=1)               # §3.5: GrabCut iterations
+    mask_workers: int = Field(0, ge=0)                  # GrabCut processes (0 = all cores)
+
+
+class EvaluateSection(_Section):
+    panels: int = Field(4, ge=0)                        # Fig. 6 panels rendered and logged
+
+
+class CvSection(_Section):
+    folds: int = Field(10, ge=2)                        # §4.3.3: 10-fold cross-validation
+    test_fraction: float = Field(0.2, gt=0, lt=1)       # non-overlapping 80/20 splits
+    mode: Literal["stratified", "subject"] = "stratified"
+    seed: int = 0
+
+
+class SearchSection(_Section):
+    num_samples: int = Field(8, ge=1)
+    metric: str = "epe_mean"
+    mode: Literal["min", "max"] = "min"
+    space: dict[str, list] = {"train.lr": ["loguniform", 1e-5, 1e-2],
+                              "train.weight_decay": ["loguniform", 1e-7, 1e-3],
+                              "loss.joints_2d": ["loguniform", 0.1, 10.0],
+                              "loss.mask": ["loguniform", 0.1, 10.0]}
+    grace_period: int = Field(1, ge=1)                  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = Field(2, ge=2)
+
+
+class SweepSection(_Section):
+    #: Named rows of Tables 1-4: overrides of the base configuration (sections model / loss / train, and
+    #: ``pretrained_sfe``: start from the pretrain_sfe checkpoint, Table 1 last row).
+    base: dict[str, Any] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    epochs: int | None = Field(None, ge=1)              # epochs per ablation trial (None = train.epochs)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)            # 0.25 packs four trials on a GPU
+    max_failures: int = Field(1, ge=0)                  # retries of a failed trial before it is recorded FAILED
+    search: SearchSection = SearchSection()
+
+
+class RaySection(_Section):
+    address: str | None = None                          # None: a local Ray; "auto"; "ray://host:10001"
+
+
+class MlflowSection(_Section):
+    tracking_uri: str | None = None
+    experiments: dict[str, str] = {"pretrain_sfe": "keyhand-pretrain-sfe", "train": "keyhand-train",
+                                   "evaluate": "keyhand-evaluate", "ablation": "keyhand-ablation",
+                                   "gesture_cv": "keyhand-gesture-cv", "search": "keyhand-search"}
+
+
+#: The Tables 1-4 rows. The base is the paper's Tables 1-3 configuration (Table 4 row 1): pretrained SFE
+#: (heatmaps + silhouette), 4 ResNet modules, VE2, 45 PCA, re-projection and L_Reg on, no skeleton
+#: adaptation, hourglass summation. ``full`` is the best Table 4 row, which the train stage also trains.
+ABLATION_BASE = {"model": {"sfe": "heatmaps+silhouette", "fusion": "sum", "ve_blocks": 4, "ve_dense": "VE2",
+                           "pca_comps": 45, "skeleton_adaptation": False}, "pretrained_sfe": True}
+ABLATION_ROWS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "t1_no_sfe": {"model": {"sfe": "none"}, "pretrained_sfe": False},
+    "t1_sfe_heatmaps": {"model": {"sfe": "heatmaps"}, "pretrained_sfe": False},
+    "t1_sfe_heatmaps_silhouette": {"pretrained_sfe": False},
+    "t2_ve_blocks_2": {"model": {"ve_blocks": 2}},
+    "t2_ve_blocks_5": {"model": {"ve_blocks": 5}},
+    "t2_ve1": {"model": {"ve_dense": "VE1"}},
+    "t2_ve3": {"model": {"ve_dense": "VE3"}},
+    "t3_pca_15": {"model": {"pca_comps": 15}},
+    "t3_pca_30": {"model": {"pca_comps": 30}},
+    "t3_no_reprojection": {"loss": {"joints_2d": 0.0}},
+    "t3_no_reg": {"loss": {"reg": 0.0}},
+    "t4_adapt_sum": {"model": {"skeleton_adaptation": True}},
+    "t4_adapt_concat_ve1": {"model": {"skeleton_adaptation": True, "fusion": "concat", "ve_dense": "VE1"}},
+    "t4_adapt_concat_ve2": {"model": {"skeleton_adaptation": True, "fusion": "concat", "ve_dense": "VE2"}},
+}
+
+#: Profiles of the sections outside trainers.config (whose own PROFILES fill model / loss / stages).
+PARAMS_PROFILES: dict[str, dict[str, Any]] = {
+    "default": {
+        "data": {"synthetic": {"height": 160, "width": 160, "obman": {"train": 160},
+                               "stb": {"train": 160, "test": 48}, "gestures": {"all": 96}, "subjects": 4}},
+        "cv": {"folds": 10},
+        "sweep": {"base": ABLATION_BASE, "rows": ABLATION_ROWS, "epochs": 2},
+    },
+    "paper": {
+        # §4.1: 141,550 ObMan images (SFE pretraining), STB-SK 15,000 / 3,000; gesture sets as RWTH
+        "data": {"synthetic": {"height": 480, "width": 640, "obman": {"train": 141550},
+                               "stb": {"train": 15000, "test": 3000}, "gestures": {"all": 1160},
+                               "subjects": 20}},
+        "cv": {"folds": 10},
+        "sweep": {"base": ABLATION_BASE, "rows": ABLATION_ROWS, "gpus_per_trial": 0.25},
+    },
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class Params(TrainConfig):
+    """The whole params.yaml (module docstring): the training sections of :class:`TrainConfig` (profile,
+    model, loss, sfe, train, gesture, classifier; its profiles) plus the platform's sections below."""
+
+    data: DataSection = DataSection()
+    prepare: PrepareSection = PrepareSection()
+    evaluate: EvaluateSection = EvaluateSection()
+    cv: CvSection = CvSection()
+    sweep: SweepSection = SweepSection()
+    ray: RaySection = RaySection()
+    mlflow: MlflowSection = MlflowSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_platform_profile(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        profile = data.get("profile", "default")
+        if not isinstance(profile, str) or profile not in PARAMS_PROFILES:
+            return data  # the Literal field reports it
+        return _merge(PARAMS_PROFILES[profile], data)  # TrainConfig's validator fills the training sections
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        for name in self.sweep.rows:
+            row = self.sweep.rows[name]
+            unknown = set(row) - {"model", "loss", "train", "pretrained_sfe"}
+            if unknown:
+                raise ValueError(f"sweep.rows.{name}: unknown section(s) {sorted(unknown)} "
+                                 "(allowed: model, loss, train, pretrained_sfe)")
+        if self.data.source == "real":
+            for ds in ("obman", "stb"):
+                if getattr(self.data, ds).root is None:
+                    raise ValueError(f"data.{ds}.root must be set when data.source is 'real'")
+        return self
+
+    # ---------------------------------------------------------------- views used by the stages
+    def train_config(self, overrides: dict | None = None) -> TrainConfig:
+        """The trainers.config.TrainConfig of these params (with optional section overrides)."""
+        data = {k: getattr(self, k) for k in TrainConfig.model_fields}
+        data = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in data.items()}
+        return TrainConfig.model_validate(_merge(data, overrides or {}))
+
+    def ablation_config(self, row: str) -> tuple[TrainConfig, bool]:
+        """(TrainConfig, start from the pretrained SFE?) of ablation row ``row`` (base + row overrides)."""
+        if row not in self.sweep.rows:
+            raise ParamsError(f"params.yaml: sweep.rows: no row {row!r} (rows: {', '.join(self.sweep.rows)})")
+        spec = _merge(self.sweep.base, self.sweep.rows[row])
+        pretrained = bool(spec.pop("pretrained_sfe", False))
+        if self.sweep.epochs is not None:
+            spec = _merge(spec, {"train": {"epochs": self.sweep.epochs}})
+        return self.train_config(spec), pretrained
+
+    def pose_datasets(self) -> dict[str, str]:
+        """{"pretrain": dataset for SFE pretraining, "pose": dataset for training/evaluation}."""
+        return dict(POSE_DATASETS[self.data.source])
+
+    def gesture_datasets(self) -> tuple[str, ...]:
+        return GESTURE_DATASETS[self.data.source]
+
+    def dataset_root(self, name: str) -> Path:
+        """Where dataset ``name`` is read from: its generated folder, or the configured real root."""
+        if name.startswith("synth-"):
+            return Path(self.data.dir) / "synth" / name
+        root = getattr(self.data, name).root
+        if root is None:
+            raise ParamsError(f"params.yaml: data.{name}.root is not set (the {name} dataset's folder)")
+        return Path(root)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b.c": value} (lists kept as values), for MLflow params and DVC."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump()
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    out[prefix[:-1]] = obj
+    return out
+
+
+def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read and validate ``path``; raises :class:`ParamsError` with one line naming the file and the key."""
+    p = Path(path)
+    if not p.is_file():
+        raise ParamsError(f"{p}: no such params file (run from the project folder, or pass --params)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark is not None else ""
+        raise ParamsError(f"{p}:{where} not valid YAML ({getattr(e, 'problem', None) or type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{p}: expected a mapping of sections, got {type(data).__name__}")
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ParamsError(format_validation_error(e, p, model=Params)) from None
+
+
+#: One comment line per section, written above it in params.yaml.
+SECTION_NOTES = {
+    "profile": "default = the embedded synthetic profile (2-core CPU, minutes); paper = the paper's protocol "
+               "(write it with: keyhand params write --profile paper)",
+    "data": "source synthetic|real; real roots: ObMan, STB (SK), RWTH, Senz3D (see README)",
+    "prepare": "§3.1 crop enlargement, §3.5 heatmap sigma and GrabCut iterations/processes "
+               "(the crop side is model.image_size)",
+    "model": "every switch of Tables 1-4 (sfe, fusion, ve_blocks, ve_dense, pca_comps, skeleton_adaptation); "
+             "mano_path: the official MANO file or folder (null = the license-free proxy hand)",
+    "loss": "Eq. 12 weights (0 switches a term off)",
+    "sfe": "SFE pretraining (§4.1.1)",
+    "train": "full training (Eq. 12)",
+    "gesture": "the §4.3.3 classifier on the frozen framework's 3D joints",
+    "classifier": "its hidden width",
+    "evaluate": "Fig. 6 panels rendered by the evaluate stage",
+    "cv": "§4.3.3 gesture cross-validation",
+    "sweep": "the Tables 1-4 rows (overrides of base), per-trial resources, retries, the Optuna search",
+    "ray": "null = a local Ray; auto or ray://host:10001 = an existing cluster",
+    "mlflow": "null = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db",
+}
+#: Keys a user sets for their machine: kept when ``write_params`` switches profile.
+LOCAL_KEYS = ("data.source", "data.dir", "data.obman.root", "data.stb.root", "data.rwth.root", "data.senz3d.root",
+              "model.mano_path", "ray.address", "mlflow.tracking_uri")
+
+
+def _get(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _set(d: dict, dotted: str, value: Any) -> None:
+    *head, last = dotted.split(".")
+    for part in head:
+        d = d.setdefault(part, {})
+    d[last] = value
+
+
+def render_params(params: Params) -> str:
+    """params.yaml text: every key of ``params`` (profile applied), each section under a comment."""
+    data = params.model_dump()
+    lines = ["# keyhand params: every knob of the platform. Validated when loaded (pipeline/params.py);",
+             "# an unknown key or a wrong type stops with one line naming it. Regenerate with",
+             "#   keyhand params write --profile default|paper   (keeps data roots, MANO path, Ray, MLflow)", ""]
+    for key, value in data.items():
+        note = SECTION_NOTES.get(key)
+        if note:
+            lines.append(f"# {note}")
+        lines.append(yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False, width=110).rstrip())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_params(path: str | os.PathLike, profile: str = "default", keep_local: bool = True) -> Params:
+    """Write a complete params file for ``profile``; ``keep_local`` carries :data:`LOCAL_KEYS` over from an
+    existing file (its other values are replaced by the profile's). Atomic; returns the written params."""
+    p = Path(path)
+    data: dict[str, Any] = {"profile": profile}
+    if keep_local and p.is_file():
+        old = load_params(p).model_dump()
+        for k in LOCAL_KEYS:
+            _set(data, k, _get(old, k))
+    try:
+        params = Params.model_validate(data)
+    except ValidationError as e:
+        raise ParamsError(format_validation_error(e, p, model=Params)) from None
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(render_params(params))
+    os.replace(tmp, p)
+    return params

@@ -1,0 +1,144 @@
+"""params.yaml (pipeline/params.py): validation, profiles, the committed file, and the report builder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.params import Params, ParamsError, load_params, render_params, write_params
+from pipeline.report import build_report, load_paper_results, render_markdown, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_committed_params_file_is_the_default_profile_in_full() -> None:
+    p = load_params(ROOT / "params.yaml")
+    assert p == Params()
+    assert (ROOT / "params.yaml").read_text() == render_params(p)   # regenerate: keyhand params write
+
+
+def test_paper_profile_is_the_papers_protocol() -> None:
+    p = Params(profile="paper")
+    for stage, epochs in (("sfe", 60), ("train", 80)):                     # §4.3.1: 60 ObMan, 80 STB
+        st = p.stage(stage)
+        assert (st.batch_size, st.lr, st.weight_decay, st.epochs) == (6, 1e-4, 1e-5, epochs)
+    assert p.model.image_size == 256 and p.model.sfe_channels == 256 and p.model.ve_input_size == 256
+    assert p.data.synthetic.stb == {"train": 15000, "test": 3000} and p.cv.folds == 10
+    # what a file states wins over the profile
+    assert Params(profile="paper", train={"epochs": 3}).train.epochs == 3
+
+
+@pytest.mark.parametrize("text, key", [
+    ("trian: {epochs: 1}\n", "trian: unknown key"),
+    ("train: {lrr: 0.1}\n", "train.lrr: unknown key"),
+    ("train: {lr: fast}\n", "train.lr:"),
+    ("model: {sfe: everything}\n", "model.sfe:"),
+    ("sweep: {rows: {x: {modle: {}}}}\n", "sweep.rows.x: unknown section"),
+    ("data: {source: real}\n", "data.obman.root must be set"),
+    ("cv: {test_fraction: 1.5}\n", "cv.test_fraction"),
+    ("profile: huge\n", "profile:"),
+])
+def test_bad_params_one_line_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    msg = str(err.value)
+    assert key in msg and str(path) in msg and "\n" not in msg
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(_write(tmp_path, "train: [1, 2\n"))
+    with pytest.raises(ParamsError, match="no such params file"):
+        load_params(tmp_path / "none.yaml")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(_write(tmp_path, "- 1\n"))
+
+
+def test_write_keeps_local_settings_and_leaves_a_bad_file_untouched(tmp_path: Path) -> None:
+    path = _write(tmp_path, "model: {mano_path: /opt/mano}\nray: {address: auto}\ntrain: {epochs: 99}\n")
+    p = write_params(path, "paper")
+    assert p.model.mano_path == "/opt/mano" and p.ray.address == "auto" and p.train.epochs == 80
+    assert load_params(path) == p and yaml.safe_load(path.read_text())["profile"] == "paper"
+    bad = _write(tmp_path, "train: {lrr: 1}\n")
+    with pytest.raises(ParamsError, match="train.lrr"):
+        write_params(bad, "default")
+    assert bad.read_text() == "train: {lrr: 1}\n"
+
+
+def test_ablation_rows_are_the_base_plus_one_switch() -> None:
+    p = Params()
+    assert {"base", "t1_no_sfe", "t2_ve1", "t3_pca_15", "t3_no_reg", "t4_adapt_concat_ve2"} <= set(p.sweep.rows)
+    base, pretrained = p.ablation_config("base")
+    assert pretrained and base.model.fusion == "sum" and not base.model.skeleton_adaptation
+    row, pretrained = p.ablation_config("t1_no_sfe")
+    assert row.model.sfe == "none" and not pretrained and row.model.fusion == "sum"
+    row, _ = p.ablation_config("t3_no_reg")
+    assert row.loss.reg == 0 and row.loss.joints_2d == base.loss.joints_2d
+    assert row.train.epochs == p.sweep.epochs
+    with pytest.raises(ParamsError, match="no row 'nope'"):
+        p.ablation_config("nope")
+    # every row the paper's tables name exists
+    paper = load_paper_results()
+    named = {r["row"] for t in ("table1", "table2", "table3", "table4") for r in paper["tables"][t]["rows"]}
+    assert named <= set(p.sweep.rows)
+
+
+def test_report_tables_beside_the_paper(tmp_path: Path) -> None:
+    evaluation = {"epe_mean": 20.0, "epe_median": 19.0, "auc": 0.9, "count": 10}
+    ablation = {"base": {"status": "FINISHED", "epe_mean": 12.12}, "t1_no_sfe": {"status": "FAILED", "error": "x"}}
+    gesture = {"synth-gestures": {"fold_accuracies": [0.5, 0.7], "mean": 0.6, "std": 0.1}}
+    report = build_report(evaluation, ablation, gesture, {"sfe": 1.0, "ve": 2.0, "he": 3.0, "total": 6.0})
+    t1 = {r["row"]: r for r in report["tables"]["table1"]["rows"]}
+    assert t1["base"]["ours"] == 12.12 and abs(t1["base"]["diff"] - 1.0) < 1e-9
+    assert t1["t1_no_sfe"]["ours"] is None and "failed" in t1["t1_no_sfe"]["note"]
+    assert t1["t1_sfe_heatmaps"]["note"] == "not run"
+    t5 = [r for r in report["tables"]["table5"]["rows"] if r["ours"] is not None]
+    assert len(t5) == 1 and abs(t5[0]["diff"] - (0.9 - 0.995)) < 1e-9
+    assert report["tables"]["table6"]["ours_by_dataset"]["synth-gestures"]["mean_pct"] == pytest.approx(60.0)
+    js, md = write_report(report, tmp_path / "report")
+    text = md.read_text()
+    assert "Table 1: Semantic feature extractor ablation study" in text and "| 12.12 | +1.00 |" in text
+    assert "synth-gestures: 60.00 % ± 10.00" in text and js.is_file()
+    assert render_markdown(build_report(None, None, None)).count("| — |") > 20       # nothing run yet
+
+
+def test_cli_params_and_stage_errors(tmp_path: Path) -> None:
+    from pipeline.cli import app
+
+    runner = CliRunner()
+    path = tmp_path / "p.yaml"
+    r = runner.invoke(app, ["params", "write", "--profile", "paper", "--params", str(path)])
+    assert r.exit_code == 0 and load_params(path).profile == "paper"
+    r = runner.invoke(app, ["params", "show", "--params", str(path)])
+    assert r.exit_code == 0 and "profile: paper" in r.output
+    bad = _write(tmp_path, "sweep: {ablaton: 1}\n")
+    r = runner.invoke(app, ["stage", "train", "--params", str(bad)])
+    assert r.exit_code == 2 and "sweep.ablaton: unknown key" in r.output and len(r.output.strip().splitlines()) == 1
+    r = runner.invoke(app, ["stage", "nope", "--params", str(path)])
+    assert r.exit_code == 2 and "unknown stage 'nope'" in r.output
+    r = runner.invoke(app, ["stage", "prepare", "nowhere", "--params", str(path)])
+    assert r.exit_code == 2 and "unknown data role" in r.output
+
+
+def test_unreachable_tracking_server_and_ray_address_one_line(tmp_path: Path, monkeypatch) -> None:
+    from pipeline.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    path = _write(tmp_path, "mlflow: {tracking_uri: 'http://127.0.0.1:1'}\n")
+    r = runner.invoke(app, ["stage", "train", "--params", str(path)])
+    assert r.exit_code == 2 and "127.0.0.1:1" in r.output and len(r.output.strip().splitlines()) == 1
+    path = _write(tmp_path, "ray: {address: '127.0.0.1:1'}\n")
+    r = runner.invoke(app, ["stage", "ablate", "--params", str(path)])
+    assert r.exit_code == 2 and "127.0.0.1:1" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "ablate").exists()
