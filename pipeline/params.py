@@ -217,7 +217,14 @@ class Params(TrainConfig):
         profile = data.get("profile", "default")
         if not isinstance(profile, str) or profile not in PARAMS_PROFILES:
             return data  # the Literal field reports it
-        return _merge(PARAMS_PROFILES[profile], data)  # TrainConfig's validator fills the training sections
+        merged = _merge(PARAMS_PROFILES[profile], data)  # TrainConfig's validator fills the training sections
+        # named collections a file states replace the profile's (a file listing two ablation rows runs two)
+        sweep = data.get("sweep") if isinstance(data.get("sweep"), dict) else {}
+        if "rows" in sweep:
+            merged["sweep"]["rows"] = sweep["rows"]
+        if isinstance(sweep.get("search"), dict) and "space" in sweep["search"]:
+            merged["sweep"]["search"]["space"] = sweep["search"]["space"]
+        return merged
 
     @model_validator(mode="after")
     def _check(self) -> Params:

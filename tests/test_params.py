@@ -142,3 +142,9 @@ def test_unreachable_tracking_server_and_ray_address_one_line(tmp_path: Path, mo
     r = runner.invoke(app, ["stage", "ablate", "--params", str(path)])
     assert r.exit_code == 2 and "127.0.0.1:1" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs" / "ablate").exists()
+
+
+def test_stated_rows_replace_the_profiles() -> None:
+    p = Params.model_validate({"sweep": {"rows": {"base": {}, "mine": {"model": {"pca_comps": 15}}}}})
+    assert set(p.sweep.rows) == {"base", "mine"}
+    assert p.ablation_config("mine")[0].model.pca_comps == 15

@@ -1,0 +1,112 @@
+"""End to end: `dvc repro` of a tiny profile in a copy of the repository, then metrics, plots, MLflow, report.
+
+One test, marked slow (it still runs in CI): about two minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "profile": "default",
+    "data": {"synthetic": {"height": 96, "width": 96, "obman": {"train": 12}, "stb": {"train": 12, "test": 6},
+                           "gestures": {"all": 24}, "subjects": 2}},
+    "prepare": {"mask_workers": 1},
+    "model": {"image_size": 64, "sfe_channels": 16, "ve_input_size": 32, "ve_channels": 8, "dense_scale": 0.02,
+              "render_size": 32},
+    "sfe": {"epochs": 1, "batch_size": 6},
+    "train": {"epochs": 1, "batch_size": 6},
+    "gesture": {"epochs": 5, "batch_size": 8},
+    "evaluate": {"panels": 1},
+    "cv": {"folds": 2},
+    "sweep": {"rows": {"base": {}, "t3_no_reg": {"loss": {"reg": 0.0}}}, "epochs": 1},
+}
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, keyhand_cache: Path) -> tuple[Path, dict]:
+    repo = tmp_path_factory.mktemp("e2e") / "keyhand"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("dvc.lock", "docs/")):
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    from pipeline.params import Params, render_params
+
+    (repo / "params.yaml").write_text(render_params(Params.model_validate(TINY)))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "KEYHAND_CACHE": str(keyhand_cache),
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny profile"]):
+        _run(cmd, repo, env)
+    _run(["dvc", "repro"], repo, env)
+    return repo, env
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(project: tuple[Path, dict]) -> None:
+    repo, env = project
+    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env).stdout)
+    files = next(iter(metrics.values()))["data"]
+    ev = files["runs/metrics/evaluate.json"]["data"]
+    assert ev["count"] == 6 and 0 < ev["epe_mean"] < 1000 and 0 <= ev["auc"] <= 1
+    assert set(ev["timings_ms"]) >= {"sfe", "ve", "he", "total"}
+    ablation = files["runs/metrics/ablation.json"]["data"]["rows"]
+    assert set(ablation) == {"base", "t3_no_reg"} and all(r["status"] == "FINISHED" for r in ablation.values())
+    assert all(r["epe_mean"] > 0 for r in ablation.values())
+    assert files["runs/metrics/gesture_cv.json"]["data"]["datasets"]["synth-gestures"]["folds"] == 2
+    cv = json.loads((repo / "runs/metrics/gesture_cv.json").read_text())["datasets"]["synth-gestures"]
+    assert len(cv["fold_accuracies"]) == 2 and 0 <= cv["mean"] <= 1 and len(cv["confusion"]) == 12
+    # the PCK curve as a DVC plot (x = threshold mm, y = PCK)
+    pck = json.loads((repo / "runs/metrics/pck.json").read_text())
+    assert len(pck) == 12 and pck[0]["threshold_mm"] == pytest.approx(21.053) and pck[-1]["threshold_mm"] == 50.0
+    _run(["dvc", "plots", "show", "-o", "plots"], repo, env)
+    html = (repo / "plots" / "index.html").read_text()
+    assert "runs_metrics_pck_json" in html and "runs_metrics_train_history_json" in html
+    # the report holds numbers beside the paper's
+    report = json.loads((repo / "runs/report/report.json").read_text())
+    base = next(r for r in report["tables"]["table1"]["rows"] if r["row"] == "base")
+    assert base["paper"] == 11.12 and base["ours"] == pytest.approx(ablation["base"]["epe_mean"])
+    assert "Table 6" in (repo / "runs/report/report.md").read_text()
+    # every MLflow run ended; sweeps are parents with one child per trial
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'runs/mlflow.db'}")
+    by_name = {e.name: e.experiment_id for e in client.search_experiments()}
+    runs = client.search_runs(list(by_name.values()), max_results=500)
+    assert runs and {r.info.status for r in runs} == {"FINISHED"}
+    abl = client.search_runs([by_name["keyhand-ablation"]])
+    parents = [r for r in abl if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in abl if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and sorted(r.info.run_name for r in children) == ["base", "t3_no_reg"]
+    evaluate = client.search_runs([by_name["keyhand-evaluate"]])[0]
+    assert "epe_mean" in evaluate.data.metrics and len(client.get_metric_history(evaluate.info.run_id, "pck")) == 12
+    assert evaluate.data.tags["keyhand.git_commit"] != "unknown"
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_reruns_only_what_changed(project: tuple[Path, dict]) -> None:
+    repo, env = project
+    out = _run(["dvc", "exp", "run", "-S", "evaluate.panels=2"], repo, env)
+    text = out.stdout + out.stderr
+    assert "Running stage 'evaluate'" in text and "Running stage 'train'" not in text
+    assert "Running stage 'synthetic'" not in text
+    assert len(list((repo / "runs/evaluate/panels").glob("*.png"))) == 2
