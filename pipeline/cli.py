@@ -14,6 +14,7 @@
     keyhand evaluate --checkpoint runs/train --data data/prepared/synth-stb/test --out runs/train/eval
     keyhand predict hand1.jpg hand2.png --checkpoint runs/train --out predictions/ [--box x0,y0,x1,y1]
     keyhand stage train                        # one stage of dvc.yaml (reads params.yaml)
+    keyhand sweep ablation --address auto --gpus-per-trial 0.25 [--resume]   # also gesture-cv, search
     keyhand params write --profile paper       # the paper's protocol into params.yaml (then: dvc repro)
 """
 
@@ -472,6 +473,39 @@ def stage_cmd(
         run_stage(name, p, role)
     except _stage_errors() as exc:
         _fail(f"stage {name}{' ' + role if role else ''}: {str(exc).strip().splitlines()[0]}")
+
+
+class Sweep(StrEnum):
+    ablation = "ablation"
+    gesture_cv = "gesture-cv"
+    search = "search"
+
+
+@app.command("sweep")
+def sweep_cmd(
+    what: Sweep = typer.Argument(..., help="ablation (Tables 1-4 rows), gesture-cv (the folds) or search (Optuna)."),
+    address: str = typer.Option(None, "--address", help="Ray cluster: auto, host:port or ray://host:10001 "
+                                                         "(default: params.yaml ray.address, else a local Ray)."),
+    gpus_per_trial: float = typer.Option(None, "--gpus-per-trial", help="e.g. 0.25 packs four trials on a GPU."),
+    cpus_per_trial: float = typer.Option(None, "--cpus-per-trial"),
+    max_failures: int = typer.Option(None, "--max-failures", help="Retries of a failed trial."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep of the same inputs."),
+    params: Path = _PARAMS,
+) -> None:
+    """Spread a sweep over Ray Tune workers (one MLflow parent run, one child per trial)."""
+    from pipeline.stages import stage_ablate, stage_gesture_cv, stage_search
+
+    overrides: dict = {"sweep": {k: v for k, v in (("gpus_per_trial", gpus_per_trial),
+                                                    ("cpus_per_trial", cpus_per_trial),
+                                                    ("max_failures", max_failures)) if v is not None}}
+    if address is not None:
+        overrides["ray"] = {"address": address}
+    p = _params(params, overrides)
+    fn = {Sweep.ablation: stage_ablate, Sweep.gesture_cv: stage_gesture_cv, Sweep.search: stage_search}[what]
+    try:
+        fn(p, resume=resume)
+    except _stage_errors() as exc:
+        _fail(f"sweep {what.value}: {str(exc).strip().splitlines()[0]}")
 
 
 params_app = typer.Typer(help="Write or show params.yaml (profiles: default, paper).", no_args_is_help=True)

@@ -345,6 +345,35 @@ def stage_ablate(p: Params, resume: bool = True) -> None:
     print(f"ablate: {len(table) - len(failed)}/{len(table)} rows finished" + (f"; failed: {failed}" if failed else ""))
 
 
+def stage_search(p: Params, resume: bool = True) -> None:
+    """Optuna + ASHA over ``sweep.search.space`` (lr, weight decay, loss weights) on the full configuration."""
+    from trainers.sweep import run_sweep, search_space
+    from trainers.trials import search_trial
+
+    common = _sweep_common(p)
+    s = p.sweep.search
+    try:
+        space = search_space(s.space)
+    except ValueError as exc:
+        raise StageError(f"params.yaml: sweep.{exc}") from None
+    sfe = _sfe_checkpoint() if p.model.sfe != "none" else None
+    out = (RUNS / "search").resolve()
+    spec = {"base": p.train_config().model_dump(), "data": _pose_data(p), "out": str(out / "trials"),
+            "sfe_checkpoint": None if sfe is None else str(sfe.resolve())}
+    files = [f for d in spec["data"].values() for f in _split_files(d)] + ([sfe] if sfe else [])
+    name = f"search-{_content_hash({**spec, 'search': s.model_dump()}, files)}"
+    result = run_sweep(name, search_trial, {"spec": spec}, kind="search", search_space=space, metric=s.metric,
+                       mode=s.mode, num_samples=s.num_samples, out_dir=out, experiment=_experiment(p, "search"),
+                       parent_run_name="search", parent_params=flatten(s.model_dump(), "search."), resume=resume,
+                       asha={"max_t": p.train.epochs, "grace_period": s.grace_period,
+                             "reduction_factor": s.reduction_factor, "time_attr": "epoch"}, **common)
+    best = result.best or {}
+    _write_json(METRICS / "search.json", {"best": best.get("label"), "best_metrics": best.get("metrics"),
+                                          "trials": len(result.rows), "failed": [r["label"] for r in result.failed]})
+    print(f"search: {len(result.rows)} trials; best {best.get('label')} "
+          f"({s.metric} {((best.get('metrics') or {}).get(s.metric))})")
+
+
 def stage_gesture_cv(p: Params, resume: bool = True) -> None:
     """§4.3.3: per gesture dataset, the frozen framework's 3D joints once, then the CV folds through Ray Tune."""
     import numpy as np

@@ -148,3 +148,14 @@ def test_stated_rows_replace_the_profiles() -> None:
     p = Params.model_validate({"sweep": {"rows": {"base": {}, "mine": {"model": {"pca_comps": 15}}}}})
     assert set(p.sweep.rows) == {"base", "mine"}
     assert p.ablation_config("mine")[0].model.pca_comps == 15
+
+
+def test_cli_sweep_unreachable_address_one_line(tmp_path: Path, monkeypatch) -> None:
+    from pipeline.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, "profile: default\n")
+    for what in ("ablation", "gesture-cv", "search"):
+        r = CliRunner().invoke(app, ["sweep", what, "--address", "ray://127.0.0.1:1", "--params", str(path)])
+        assert r.exit_code == 2 and f"sweep {what}:" in r.output and "127.0.0.1:1" in r.output
+        assert len(r.output.strip().splitlines()) == 1
