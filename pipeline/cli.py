@@ -16,6 +16,7 @@
     keyhand stage train                        # one stage of dvc.yaml (reads params.yaml)
     keyhand sweep ablation --address auto --gpus-per-trial 0.25 [--resume]   # also gesture-cv, search
     keyhand params write --profile paper       # the paper's protocol into params.yaml (then: dvc repro)
+    keyhand dashboard                          # Streamlit on http://127.0.0.1:8501
 """
 
 from __future__ import annotations
@@ -534,6 +535,18 @@ def params_show(params: Path = _PARAMS) -> None:
     from pipeline.params import render_params
 
     typer.echo(render_params(_params(params)))
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    params: Path = _PARAMS,
+    port: int = typer.Option(8501, "--port", help="Port on 127.0.0.1."),
+    address: str = typer.Option("127.0.0.1", "--address", help="Interface to bind (default: this machine only)."),
+) -> None:
+    """The Streamlit results dashboard: the paper's tables beside ours, PCK curves, folds, meshes, runs."""
+    from dashboards.launch import launch  # the dashboards layer sits above pipeline: imported only here
+
+    raise typer.Exit(launch(str(params), port, address))
 
 
 def main() -> None:  # pragma: no cover - console entry

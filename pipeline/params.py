@@ -11,7 +11,8 @@ Sections (each forbids unknown keys, so a typo stops with ``params.yaml: sweep.a
               "paper" (the paper's protocol, §4.1-4.3: batch 6, Adam 1e-4, wd 1e-5, 60 epochs SFE
               pretraining, 80 epochs training, 256² crops, the paper's model widths and dataset sizes).
               What a section omits comes from the profile; what it states wins.
-    data      source (synthetic | real), the working folder, the synthetic sizes, the real datasets' roots
+    data      source (synthetic | real), the synthetic sizes, the real datasets' roots (generated, prepared
+              and mask folders live under the project's data/, as dvc.yaml declares them)
     prepare   §3.1 crop enlargement, §3.5 heatmap σ and GrabCut iterations / processes
     model, loss, sfe, train, gesture    trainers.config sections (Tables 1-4 switches, Eq. 12 weights, stages)
     evaluate  Fig. 6 panels to render
@@ -33,6 +34,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainers.config import PROFILES as TRAIN_PROFILES
 from trainers.config import TrainConfig, format_validation_error
 
 __all__ = ["Params", "ParamsError", "load_params", "write_params", "render_params", "PARAMS_PROFILES",
@@ -86,7 +88,6 @@ class StbSection(RootSection):
 
 class DataSection(_Section):
     source: Literal["synthetic", "real"] = "synthetic"
-    dir: str = "data"                                   # generated, prepared and mask folders live here
     on_corrupt: Literal["fail", "skip"] = "fail"        # corrupt images: stop, or skip with a counted warning
     synthetic: SyntheticSection = SyntheticSection()
     obman: ObmanSection = ObmanSection()
@@ -209,15 +210,13 @@ class Params(TrainConfig):
     ray: RaySection = RaySection()
     mlflow: MlflowSection = MlflowSection()
 
-    @model_validator(mode="before")
     @classmethod
-    def _apply_platform_profile(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        profile = data.get("profile", "default")
-        if not isinstance(profile, str) or profile not in PARAMS_PROFILES:
-            return data  # the Literal field reports it
-        merged = _merge(PARAMS_PROFILES[profile], data)  # TrainConfig's validator fills the training sections
+    def profile_defaults(cls, profile: str) -> dict[str, Any]:
+        return _merge(TRAIN_PROFILES[profile], PARAMS_PROFILES[profile])
+
+    @classmethod
+    def merge_profile(cls, defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        merged = _merge(defaults, data)
         # named collections a file states replace the profile's (a file listing two ablation rows runs two)
         sweep = data.get("sweep") if isinstance(data.get("sweep"), dict) else {}
         if "rows" in sweep:
@@ -267,7 +266,7 @@ class Params(TrainConfig):
     def dataset_root(self, name: str) -> Path:
         """Where dataset ``name`` is read from: its generated folder, or the configured real root."""
         if name.startswith("synth-"):
-            return Path(self.data.dir) / "synth" / name
+            return Path("data") / "synth" / name   # the synthetic stage's output (dvc.yaml)
         root = getattr(self.data, name).root
         if root is None:
             raise ParamsError(f"params.yaml: data.{name}.root is not set (the {name} dataset's folder)")
@@ -329,7 +328,7 @@ SECTION_NOTES = {
     "mlflow": "null = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db",
 }
 #: Keys a user sets for their machine: kept when ``write_params`` switches profile.
-LOCAL_KEYS = ("data.source", "data.dir", "data.obman.root", "data.stb.root", "data.rwth.root", "data.senz3d.root",
+LOCAL_KEYS = ("data.source", "data.obman.root", "data.stb.root", "data.rwth.root", "data.senz3d.root",
               "model.mano_path", "ray.address", "mlflow.tracking_uri")
 
 

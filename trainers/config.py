@@ -168,6 +168,16 @@ class TrainConfig(_Section):
     gesture: StageSection = StageSection()
     classifier: ClassifierSection = ClassifierSection()
 
+    @classmethod
+    def profile_defaults(cls, profile: str) -> dict[str, Any]:
+        """What ``profile`` fills in (subclasses with more sections extend it)."""
+        return PROFILES[profile]
+
+    @classmethod
+    def merge_profile(cls, defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` over the profile's ``defaults`` (nested mappings merge; what ``data`` states wins)."""
+        return _merge(defaults, data)
+
     @model_validator(mode="before")
     @classmethod
     def _apply_profile(cls, data: Any) -> Any:
@@ -176,7 +186,7 @@ class TrainConfig(_Section):
         profile = data.get("profile", "default")
         if not isinstance(profile, str) or profile not in PROFILES:
             return data  # the Literal field reports it
-        return _merge(PROFILES[profile], data)
+        return cls.merge_profile(cls.profile_defaults(profile), data)
 
     def stage(self, name: str) -> StageSection:
         """The section of stage ``name`` (one of :data:`STAGES`)."""
