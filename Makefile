@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install repro test lint bench clean
+.PHONY: install repro test lint bench dashboard clean
 
 install: $(STAMP)
 
@@ -20,20 +20,18 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 repro: install
-	@if [ -f dvc.yaml ]; then \
-		$(BIN)/dvc repro; \
-	else \
-		echo "make repro: the DVC graph (dvc.yaml) does not exist yet; running what exists:"; \
-		echo "  keyhand make-hand-model && keyhand render-hand"; \
-		$(BIN)/keyhand make-hand-model && $(BIN)/keyhand render-hand; \
-	fi
+	# the stages call `keyhand stage ...`: the venv's bin first on PATH
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/keyhand bench mano
+	for what in mano render data model; do $(BIN)/keyhand bench $$what; done
+
+dashboard: install
+	$(BIN)/keyhand dashboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache
