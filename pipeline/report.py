@@ -87,8 +87,10 @@ def build_report(evaluation: dict | None, ablation: dict[str, dict] | None, gest
     ours6 = {}
     for ds, res in sorted(gesture_cv.items()):
         mean, std = _num(res.get("mean")), _num(res.get("std"))
+        chance = _num(res.get("chance"))
         ours6[ds] = {"mean_pct": None if mean is None else 100 * mean, "std_pct": None if std is None else 100 * std,
-                     "folds": len(res.get("fold_accuracies", []))}
+                     "folds": len(res.get("fold_accuracies", [])),
+                     "chance_pct": None if chance is None else 100 * chance}
         for row in rows:
             if "ours" in row["label"] and ds in row["paper"] and mean is not None:
                 row["ours"][ds] = 100 * mean
@@ -148,7 +150,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if t["ours_by_dataset"]:
         lines += ["", "Our gesture cross-validation per dataset (mean ± std over folds):", ""]
         for ds, v in t["ours_by_dataset"].items():
-            lines.append(f"- {ds}: {_fmt(v['mean_pct'])} % ± {_fmt(v['std_pct'])} ({v['folds']} folds)")
+            chance = f", chance level {_fmt(v['chance_pct'])} %" if v.get("chance_pct") is not None else ""
+            lines.append(f"- {ds}: {_fmt(v['mean_pct'])} % ± {_fmt(v['std_pct'])} ({v['folds']} folds{chance})")
     tm = report.get("timings_ms", {})
     if tm.get("ours"):
         o, p = tm["ours"], tm.get("paper", {})

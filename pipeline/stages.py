@@ -423,6 +423,7 @@ def stage_gesture_cv(p: Params, resume: bool = True) -> None:
         summary[name] = {"fold_accuracies": acc, "mean": float(np.mean(acc)) if acc else None,
                          "std": float(np.std(acc)) if acc else None, "folds": len(acc),
                          "failed": [r["label"] for r in result.failed], "class_names": class_names,
+                         "chance": 1.0 / max(num_classes, 1),
                          "confusion": confusion.tolist()}
         if result.parent_run_id and acc:
             from trainers.tracking import log_gesture_cv
