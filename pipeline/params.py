@@ -176,9 +176,9 @@ ABLATION_ROWS: dict[str, dict[str, Any]] = {
 PARAMS_PROFILES: dict[str, dict[str, Any]] = {
     "default": {
         "data": {"synthetic": {"height": 160, "width": 160, "obman": {"train": 160},
-                               "stb": {"train": 160, "test": 48}, "gestures": {"all": 96}, "subjects": 4}},
+                               "stb": {"train": 320, "test": 48}, "gestures": {"all": 192}, "subjects": 4}},
         "cv": {"folds": 10},
-        "sweep": {"base": ABLATION_BASE, "rows": ABLATION_ROWS, "epochs": 2},
+        "sweep": {"base": ABLATION_BASE, "rows": ABLATION_ROWS, "epochs": 1},
     },
     "paper": {
         # §4.1: 141,550 ObMan images (SFE pretraining), STB-SK 15,000 / 3,000; gesture sets as RWTH

@@ -144,7 +144,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "dense_scale": 0.125, "render_size": 32},
         "loss": {},
         "sfe": {"epochs": 4, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5},
-        "train": {"epochs": 8, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5},
+        "train": {"epochs": 12, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5},
         "gesture": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-5, "augment": False},
     },
 }
