@@ -160,7 +160,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         for c in ("sfe", "ve", "he", "total"):
             lines.append(f"| {c.upper() if c != 'total' else 'total'} | {_fmt(p.get(c))} | {_fmt(o.get(c))} |")
         if o.get("device"):
-            lines.append(f"\nOurs measured on: {o['device']}.")
+            lines.append(f"\nOurs measured on: {o['device']}" + (f"; model: {o['model']}" if o.get("model") else "")
+                         + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -261,6 +261,8 @@ def stage_evaluate(p: Params) -> None:
     times = time_components(model, batch_size=1, device=device, repeats=5)
     timings = {k: round(float(v), 3) for k, v in times.items()}
     timings["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    timings["model"] = (f"{cfg.model.image_size}² input, SFE width {cfg.model.sfe_channels}, VE input "
+                        f"{cfg.model.ve_input_size}² (the paper's: 256², 256, 256²)")
     summary = {k: metrics[k] for k in ("epe_mean", "epe_median", "auc", "auc_0_50", "count") if k in metrics}
     summary["dataset"] = f"{name}/{splits[-1]}"
     summary["timings_ms"] = timings
