@@ -466,7 +466,7 @@ def stage_cmd(
     role: str = typer.Argument(None, help="Data role of prepare / masks: pretrain, pose, gesture."),
     params: Path = _PARAMS,
 ) -> None:
-    """Run one stage of the experiment graph (what `dvc repro` calls; pipeline/stages.py)."""
+    """Run one stage of the experiment graph (what `dvc repro` calls; pipeline/stages/)."""
     from pipeline.stages import run_stage
 
     p = _params(params)
