@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from pipeline.report import as_finite as _num
+
 __all__ = [
     "BETTER", "WORSE", "SAME", "verdict", "comparison_frame", "table6_frame", "style_comparison", "table_figure",
     "pck_figure", "auc_frame", "auc_figure", "fold_accuracy_figure", "confusion_figure", "per_class_accuracy",
@@ -31,14 +33,6 @@ _BETTER_BG, _WORSE_BG = "#dafbe1", "#ffebe9"
 #: Bones of the 21-joint skeleton (manopth order: wrist, thumb 1-4, index, middle, ring, little): (parent, child).
 SKELETON = tuple((0 if (j - 1) % 4 == 0 else j - 1, j) for j in range(1, 21))
 _FINGER = ["#ff5050", "#e0a800", "#2ca02c", "#1f77b4", "#9467bd"]
-
-
-def _num(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def verdict(diff: Any, lower_is_better: bool, tol: float = 1e-9) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["PAPER_RESULTS", "load_paper_results", "build_report", "write_report", "render_markdown"]
+__all__ = ["PAPER_RESULTS", "as_finite", "load_paper_results", "build_report", "write_report", "render_markdown"]
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
 
@@ -37,7 +37,8 @@ def load_paper_results(path: str | os.PathLike = PAPER_RESULTS) -> dict[str, Any
     return yaml.safe_load(Path(path).read_text())
 
 
-def _num(x: Any) -> float | None:
+def as_finite(x: Any) -> float | None:
+    """``float(x)`` when it is a finite number, else None (missing, failed or non-numeric values)."""
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -50,7 +51,7 @@ def _ours_ablation(row: str, ablation: dict[str, dict], metric: str) -> tuple[fl
     if res is None:
         return None, "not run"
     status = str(res.get("status", "")).upper()
-    value = _num(res.get(metric))
+    value = as_finite(res.get(metric))
     if value is None:
         return None, f"no {metric} ({status.lower() or 'unknown status'})"
     return value, status.lower()
@@ -72,7 +73,7 @@ def build_report(evaluation: dict | None, ablation: dict[str, dict] | None, gest
                          "diff": None if ours is None else ours - r["value"], "note": note})
         tables[key] = {"title": spec["title"], "metric": "EPE (mm)", "lower_is_better": True, "rows": rows}
     spec = paper["tables"]["table5"]
-    ours_auc = _num(evaluation.get("auc"))
+    ours_auc = as_finite(evaluation.get("auc"))
     rows = []
     for r in spec["rows"]:
         mine = r.get("row") == "full"
@@ -86,8 +87,8 @@ def build_report(evaluation: dict | None, ablation: dict[str, dict] | None, gest
         rows.append({"label": r["label"], "paper": dict(r["values"]), "ours": {}, "diff": {}})
     ours6 = {}
     for ds, res in sorted(gesture_cv.items()):
-        mean, std = _num(res.get("mean")), _num(res.get("std"))
-        chance = _num(res.get("chance"))
+        mean, std = as_finite(res.get("mean")), as_finite(res.get("std"))
+        chance = as_finite(res.get("chance"))
         ours6[ds] = {"mean_pct": None if mean is None else 100 * mean, "std_pct": None if std is None else 100 * std,
                      "folds": len(res.get("fold_accuracies", [])),
                      "chance_pct": None if chance is None else 100 * chance}
@@ -107,12 +108,12 @@ def build_report(evaluation: dict | None, ablation: dict[str, dict] | None, gest
 
 
 def _fmt(v: Any, nd: int = 2) -> str:
-    v = _num(v)
+    v = as_finite(v)
     return "—" if v is None else f"{v:.{nd}f}"
 
 
 def _signed(v: Any, nd: int = 2) -> str:
-    v = _num(v)
+    v = as_finite(v)
     return "—" if v is None else f"{v:+.{nd}f}"
 
 
