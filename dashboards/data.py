@@ -282,16 +282,12 @@ def _framework(checkpoint: str, mtime: float):
 
 def load_framework(checkpoint: str | os.PathLike):
     """``(Framework in eval mode on the CPU, ModelSection)`` of a checkpoint file or run folder (cached)."""
-    from trainers.checkpoint import latest
+    from trainers.checkpoint import CheckpointError, resolve_checkpoint
 
-    p = Path(checkpoint)
-    if p.is_dir():
-        found = latest(p)
-        if found is None:
-            raise ProjectError(f"{p}: no checkpoint (epoch-NNNN.pt): run the train stage first ({NO_RUNS_HINT})")
-        p = found
-    if not p.is_file():
-        raise ProjectError(f"{p}: no such checkpoint (removed since the run?)")
+    try:
+        p = resolve_checkpoint(checkpoint)
+    except CheckpointError as e:
+        raise ProjectError(f"{e}: run the train stage first ({NO_RUNS_HINT})") from None
     return _framework(str(p), p.stat().st_mtime)
 
 

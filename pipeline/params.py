@@ -38,7 +38,7 @@ from trainers.config import PROFILES as TRAIN_PROFILES
 from trainers.config import TrainConfig, format_validation_error
 
 __all__ = ["Params", "ParamsError", "load_params", "write_params", "render_params", "PARAMS_PROFILES",
-           "POSE_DATASETS", "GESTURE_DATASETS", "flatten"]
+           "POSE_DATASETS", "GESTURE_DATASETS"]
 
 #: Pose datasets (SFE pretraining, training/evaluation) and gesture datasets, synthetic and real.
 POSE_DATASETS = {"synthetic": {"pretrain": "synth-obman", "pose": "synth-stb"},
@@ -271,19 +271,6 @@ class Params(TrainConfig):
         if root is None:
             raise ParamsError(f"params.yaml: data.{name}.root is not set (the {name} dataset's folder)")
         return Path(root)
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {"a.b.c": value} (lists kept as values), for MLflow params and DVC."""
-    if isinstance(obj, BaseModel):
-        obj = obj.model_dump()
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    out[prefix[:-1]] = obj
-    return out
 
 
 def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> Params:

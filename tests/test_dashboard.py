@@ -41,7 +41,7 @@ def build_project(root: Path) -> dict:
 
     from keyhand.data.prepare import open_reader, prepare_split
     from keyhand.data.synthetic import generate
-    from pipeline.params import flatten, load_params
+    from pipeline.params import load_params
     from pipeline.report import build_report, write_report
     from trainers.checkpoint import save_checkpoint
     from trainers.predict import split_panels
@@ -79,7 +79,7 @@ def build_project(root: Path) -> dict:
     def log_eval(model, ckpt: Path, name: str) -> dict:
         metrics = evaluate(model, test_loader, device="cpu")
         predictions = metrics.pop("predictions")
-        with tracked_run(names["evaluate"], run_name=name, params=flatten(cfg), stage="evaluate",
+        with tracked_run(names["evaluate"], run_name=name, params=cfg.model_dump(), stage="evaluate",
                          tags={"keyhand.dataset": "synth-stb/test",
                                "keyhand.checkpoint": str(ckpt.relative_to(root))}) as run:
             log_evaluation(metrics)
@@ -93,7 +93,7 @@ def build_project(root: Path) -> dict:
     init_ckpt = save_checkpoint(runs / "init", epoch=0, model=model, config={"stage": "train", **cfg.model_dump()})
     old = log_eval(model, init_ckpt, "evaluate-untrained")
     loaders = make_loaders(cfg, "train", split["train"], split["test"])
-    with tracked_run(names["train"], run_name="train", params=flatten(cfg), stage="train") as train_run:
+    with tracked_run(names["train"], run_name="train", params=cfg.model_dump(), stage="train") as train_run:
         result = fit("train", model, loaders, cfg, runs / "train", callbacks=[MlflowCallback()], device="cpu",
                      progress=False)
     new = log_eval(model.eval(), result.checkpoint, "evaluate")

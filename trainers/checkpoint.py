@@ -140,12 +140,8 @@ def latest(out_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | os.PathLike, params_hash: str | None = None, force: bool = False,
-                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; with ``params_hash``, refuse one written with other settings unless ``force``.
-
-    A path to a folder means its :func:`latest` checkpoint. Raises :class:`CheckpointError` (one line).
-    """
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run folder's :func:`latest` one; :class:`CheckpointError` (one line) if none."""
     p = Path(path)
     if p.is_dir():
         found = latest(p)
@@ -154,6 +150,16 @@ def load_checkpoint(path: str | os.PathLike, params_hash: str | None = None, for
         p = found
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, params_hash: str | None = None, force: bool = False,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint; with ``params_hash``, refuse one written with other settings unless ``force``.
+
+    A path to a folder means its :func:`latest` checkpoint. Raises :class:`CheckpointError` (one line).
+    """
+    p = resolve_checkpoint(path)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is one line

@@ -41,7 +41,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,7 @@ from trainers.device import (
 
 __all__ = ["FitError", "NonFiniteLossError", "FitResult", "Callback", "build_framework", "open_split",
            "make_loader", "make_loaders", "fit", "evaluate", "framework_joints", "evaluate_gesture",
-           "load_sfe_weights", "save_predictions", "stage_callbacks", "build_classifier", "num_gesture_classes",
+           "load_sfe_weights", "save_predictions", "build_classifier", "num_gesture_classes",
            "data_hash"]
 
 
@@ -264,14 +264,6 @@ def _f32(x):
     return x
 
 
-def _nonfinite(terms: dict[str, Tensor]) -> list[str]:
-    bad = []
-    for k, v in terms.items():
-        if isinstance(v, Tensor) and not bool(torch.isfinite(v.detach()).all()):
-            bad.append(f"{k}={float(v.detach().float().reshape(-1)[0])}")
-    return bad
-
-
 # ------------------------------------------------------------------------------------------------- fit
 
 def fit(stage: str, model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig,
@@ -366,7 +358,10 @@ def fit(stage: str, model: nn.Module, loaders: dict[str, DataLoader], cfg: Train
                 batch = _to(batch, dev, st.channels_last and stage != "gesture")
                 with autocast(dev, st.amp):
                     loss, terms = step_fn(run_model, batch, w)
-                bad = _nonfinite({**terms, "total": loss})
+                # one device->host read per term: logged below and checked here, before any update
+                values = {k: float(v) for k, v in terms.items() if isinstance(v, Tensor)}
+                values["total"] = float(loss.detach())
+                bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
                 if bad:
                     raise NonFiniteLossError(_nan_message(epoch, step, global_step, bad, result.checkpoint))
                 optimizer.zero_grad(set_to_none=True)
@@ -377,8 +372,6 @@ def fit(stage: str, model: nn.Module, loaders: dict[str, DataLoader], cfg: Train
                                                           result.checkpoint))
                 optimizer.step()
                 n = int(batch["image"].shape[0]) if "image" in batch else int(next(iter(batch.values())).shape[0])
-                values = {k: float(v) for k, v in terms.items() if isinstance(v, Tensor)}
-                values["total"] = float(loss.detach())
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v * n
                 count += n
@@ -666,16 +659,3 @@ def num_gesture_classes(dataset: Dataset) -> int:
         return max(int(k) for k in names) + 1
     labels = [int(dataset[i]["gesture"]) for i in range(len(dataset))]  # type: ignore[arg-type]
     return max(labels) + 1 if labels else 0
-
-
-def stage_callbacks(*fns: Callable[[int, dict], Any]) -> list[Callback]:
-    """Wrap plain ``f(epoch, metrics)`` functions as ``on_epoch_end`` callbacks."""
-
-    class _Fn(Callback):
-        def __init__(self, fn: Callable[[int, dict], Any]) -> None:
-            self.fn = fn
-
-        def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> bool | None:
-            return self.fn(epoch, metrics)
-
-    return [_Fn(f) for f in fns]

@@ -72,7 +72,7 @@ def ablation_trial(config: dict[str, Any]) -> None:
 
     spec, row = config["spec"], config["row"]
     cfg = spec["configs"][row]
-    with trial_run(config, params={"row": row, **_flat(cfg)}, stage="ablation"):
+    with trial_run(config, params={"row": row, **cfg}, stage="ablation"):
         sfe = spec.get("sfe_checkpoint") if spec["pretrained"].get(row) else None
         train_and_evaluate(cfg, spec["data"], Path(spec["out"]) / row, sfe, [_TuneReport()])
 
@@ -109,7 +109,7 @@ def fold_trial(config: dict[str, Any]) -> None:
     train_idx, test_idx = (torch.as_tensor(i, dtype=torch.long) for i in splits[fold])
     st, num_classes = spec["gesture"], int(spec["num_classes"])
     with trial_run(config, params={"fold": fold, "train_size": len(train_idx), "test_size": len(test_idx),
-                                   **_flat({"gesture": st, "classifier": spec["classifier"], "cv": cv})},
+                                   "gesture": st, "classifier": spec["classifier"], "cv": cv},
                    stage="gesture-cv") as run:
         torch.manual_seed(st["seed"] + fold)
         model = GestureClassifier(num_classes, hidden=spec["classifier"]["hidden"],
@@ -152,13 +152,3 @@ def fold_trial(config: dict[str, Any]) -> None:
 
 def _tolist(x: Any) -> Any:
     return x.tolist() if hasattr(x, "tolist") else x
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

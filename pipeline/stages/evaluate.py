@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.params import Params, flatten
+from pipeline.params import Params
 from pipeline.stages.common import (
     METRICS,
     RUNS,
@@ -59,7 +59,7 @@ def stage_evaluate(p: Params) -> None:
     summary = {k: metrics[k] for k in ("epe_mean", "epe_median", "auc", "auc_0_50", "count") if k in metrics}
     summary["dataset"] = f"{name}/{splits[-1]}"
     summary["timings_ms"] = timings
-    with tracked_run(_experiment(p, "evaluate"), run_name="evaluate", params=flatten(cfg), stage="evaluate",
+    with tracked_run(_experiment(p, "evaluate"), run_name="evaluate", params=cfg.model_dump(), stage="evaluate",
                      tags={"keyhand.dataset": summary["dataset"], "keyhand.checkpoint": str(ckpt)}):
         log_evaluation(metrics)
         for path in panels:

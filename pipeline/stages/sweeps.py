@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.params import Params, flatten
+from pipeline.params import Params
 from pipeline.stages.common import (
     METRICS,
     RUNS,
@@ -45,7 +45,7 @@ def stage_ablate(p: Params, resume: bool = True) -> None:
     name = f"ablation-{_content_hash(spec, files)}"
     result = run_sweep(name, ablation_trial, {**ablation_space(rows), "spec": spec}, kind="grid",
                        metric="epe_mean", mode="min", out_dir=out, experiment=_experiment(p, "ablation"),
-                       parent_run_name="ablation", parent_params=flatten(p.sweep.base), resume=resume,
+                       parent_run_name="ablation", parent_params=p.sweep.base, resume=resume,
                        **common)
     table = {}
     for r in result.rows:
@@ -76,7 +76,7 @@ def stage_search(p: Params, resume: bool = True) -> None:
     name = f"search-{_content_hash({**spec, 'search': s.model_dump()}, files)}"
     result = run_sweep(name, search_trial, {"spec": spec}, kind="search", search_space=space, metric=s.metric,
                        mode=s.mode, num_samples=s.num_samples, out_dir=out, experiment=_experiment(p, "search"),
-                       parent_run_name="search", parent_params=flatten(s.model_dump(), "search."), resume=resume,
+                       parent_run_name="search", parent_params={"search": s.model_dump()}, resume=resume,
                        asha={"max_t": p.train.epochs, "grace_period": s.grace_period,
                              "reduction_factor": s.reduction_factor, "time_attr": "epoch"}, **common)
     best = result.best or {}
@@ -123,7 +123,7 @@ def stage_gesture_cv(p: Params, resume: bool = True) -> None:
         result = run_sweep(tune_name, fold_trial, {**folds_space(p.cv.folds), "spec": spec},
                            kind="grid", metric="accuracy", mode="max", out_dir=out,
                            experiment=_experiment(p, "gesture_cv"), parent_run_name=f"gesture-cv {name}",
-                           parent_params={"dataset": name, **flatten(p.cv, "cv.")}, resume=resume, **common)
+                           parent_params={"dataset": name, "cv": p.cv.model_dump()}, resume=resume, **common)
         folds = []
         for k in range(p.cv.folds):
             f = out / "folds" / f"fold-{k}.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.params import Params, flatten
+from pipeline.params import Params
 from pipeline.stages.common import (
     METRICS,
     RUNS,
@@ -45,7 +45,7 @@ def _fit_stage(p: Params, stage: str, out: Path, role: str, metrics_file: Path,
     data = {s: data_hash(ld) for s, ld in loaders.items()}
     resume = _fresh_or_resume(out, stage, run_hash(cfg, stage, data))
     exp = "pretrain_sfe" if stage == "sfe" else "train"
-    with tracked_run(_experiment(p, exp), run_name=exp, params=flatten(cfg), stage=exp,
+    with tracked_run(_experiment(p, exp), run_name=exp, params=cfg.model_dump(), stage=exp,
                      tags={"keyhand.dataset": dataset}):
         result = fit(stage, model, loaders, cfg, out, resume=resume, callbacks=[MlflowCallback()])
     summary = {"stage": exp, "dataset": dataset, "epochs": len(result.history), **result.metrics}
