@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install repro test lint bench dashboard clean
+.PHONY: install repro test bench gpu-check dashboard clean
 
 install: $(STAMP)
 
@@ -29,6 +29,19 @@ test: install
 
 bench: install
 	for what in mano render data model; do $(BIN)/keyhand bench $$what; done
+
+# The prepared GPU check (pipeline/bench_gpu.py, ~8 min on one H100): CUDA tests, CPU/GPU agreement, dtypes
+# under autocast, throughput/latency/memory/MFU, renderer, 320 training steps; writes $(GPU_CHECK_OUT)/ and, on
+# CUDA, README's "GPU figures". No install step, so it runs on a GPU machine without a package index: it uses
+# .venv when there is one, else python3, and first installs wheels carried in .whl/ (README: GPU figures).
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_OUT ?= runs/gpu-check
+gpu-check:
+	@site=""; if ls .whl/*.whl >/dev/null 2>&1; then \
+	  $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+	    --target /tmp/keyhand-site .whl/*.whl && site=/tmp/keyhand-site; fi; \
+	PYTHONUNBUFFERED=1 PYTHONPATH="$$site:$(CURDIR)" $(GPU_PY) -m pipeline.bench_gpu --out $(GPU_CHECK_OUT) \
+	  --update-readme $(GPU_CHECK_ARGS)
 
 dashboard: install
 	$(BIN)/keyhand dashboard

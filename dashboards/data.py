@@ -281,7 +281,7 @@ def _framework(checkpoint: str, mtime: float):
 
 
 def load_framework(checkpoint: str | os.PathLike):
-    """``(Framework in eval mode on the CPU, ModelSection)`` of a checkpoint file or run folder (cached)."""
+    """``(Framework in eval mode on the CPU, ModelConfig)`` of a checkpoint file or run folder (cached)."""
     from trainers.checkpoint import CheckpointError, resolve_checkpoint
 
     try:

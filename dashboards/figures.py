@@ -4,6 +4,7 @@
     F.pck_figure({"evaluate 12:00": (thresholds_mm, pck)}, aucs={"evaluate 12:00": 0.71})
     F.comparison_frame(report["tables"]["table1"])      # paper / ours / ours − paper / verdict per row
     F.mesh_figure(vertices, faces, joints, joints_gt)     # interactive MANO mesh (Mesh3d) + skeletons
+    F.beyond_paper_frame({"evaluate": {"epe_pa_mean": 9.1, "f5_mesh": 0.4}})   # metrics beyond the paper
 
 Units: EPE in mm, PCK thresholds in mm, AUC and accuracies in [0, 1] (tables show accuracies in %).
 3D coordinates are the camera frame of keyhand.geometry.render (x right, y down, z forward, mm); the mesh
@@ -25,7 +26,8 @@ from pipeline.report import as_finite as _num
 __all__ = [
     "BETTER", "WORSE", "SAME", "verdict", "comparison_frame", "table6_frame", "style_comparison", "table_figure",
     "pck_figure", "auc_frame", "auc_figure", "fold_accuracy_figure", "confusion_figure", "per_class_accuracy",
-    "per_class_figure", "mesh_figure", "history_figure", "compare_frame", "SKELETON",
+    "per_class_figure", "mesh_figure", "history_figure", "compare_frame", "SKELETON", "BEYOND_PAPER",
+    "beyond_paper_frame",
 ]
 
 BETTER, WORSE, SAME = "#1a7f37", "#cf222e", "#57606a"
@@ -116,6 +118,34 @@ def table_figure(table: Mapping[str, Any], title: str | None = None) -> go.Figur
                       legend={"orientation": "h", "y": 1.12}, margin={"l": 40, "r": 10, "t": 60, "b": 10},
                       height=360)
     return fig
+
+
+#: The pose metrics beyond the paper (keyhand.metrics, issue 11): key -> (label, unit, what it measures).
+BEYOND_PAPER = {
+    "epe_scaled_mean": ("EPE, scale-aligned", "mm",
+                        "prediction rescaled to the ground truth's middle-finger MCP→PIP bone (as hand3d)"),
+    "epe_pa_mean": ("EPE, Procrustes-aligned", "mm", "after the best rotation, scale and translation (no reflection)"),
+    "f5_joints": ("F@5 mm, joints", "", "F-score of the 21 Procrustes-aligned joints as point sets (FreiHAND)"),
+    "f15_joints": ("F@15 mm, joints", "", "the same at 15 mm"),
+    "mesh_error_mean": ("mesh error", "mm", "mean vertex distance, root-aligned (sets with a ground-truth mesh)"),
+    "mesh_error_pa_mean": ("mesh error, Procrustes-aligned", "mm", "mean vertex distance after the best similarity"),
+    "f5_mesh": ("F@5 mm, mesh", "", "F-score of the Procrustes-aligned vertices (FreiHAND's F@5)"),
+    "f15_mesh": ("F@15 mm, mesh", "", "the same at 15 mm (FreiHAND's F@15)"),
+}
+
+
+def beyond_paper_frame(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per metric of :data:`BEYOND_PAPER` (columns metric, unit, one per run label with its value or
+    NaN, definition) from ``{label: {metric key: value}}``; mesh rows show NaN where a run had no mesh."""
+    rows = []
+    for key, (label, unit, what) in BEYOND_PAPER.items():
+        row: dict[str, Any] = {"metric": label, "unit": unit}
+        for name, values in runs.items():
+            v = _num(values.get(key))
+            row[name] = np.nan if v is None else v
+        row["definition"] = what
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["metric", "unit", *runs, "definition"])
 
 
 # ------------------------------------------------------------------------------------------------- PCK / AUC

@@ -4,7 +4,9 @@
     ev = PoseEvaluator()
     for batch in loader:
         ev.update(out.joints_3d, batch["joints_3d"])          # (B, 21, 3) mm, any frame: made root-relative
-    ev.compute()   # {"epe_mean", "epe_median", "auc", "auc_0_50", "pck": {"thresholds_mm", "values"}, "count"}
+    ev.compute()   # {"epe_mean", "epe_median", "auc", "auc_0_50", "pck": {"thresholds_mm", "values"}, "count",
+                   #  "epe_scaled_mean", "epe_pa_mean", "f5_joints", "f15_joints", ...: SUMMARY_KEYS}
+    ev.update(out.joints_3d, gt, pred_vertices=out.vertices, gt_vertices=gt_mesh)   # + mesh metrics
 
 Pose metrics, computed the way the public evaluation the paper uses ([33], Zimmermann & Brox,
 lmb-freiburg/hand3d) computes them — checked against ``utils/general.py`` (``EvalUtil.feed`` /
@@ -25,6 +27,29 @@ lmb-freiburg/hand3d) computes them — checked against ``utils/general.py`` (``E
   (50 − 21.053 = 28.947 mm on the 20-50 grid), so it lies in [0, 1]. ``"auc_0_50"`` is the same on the full
   ``linspace(0, 50, 20)`` grid (hand3d's main AUC output, mean of per-keypoint AUCs = AUC of the mean curve).
 
+Beyond the paper (issue 11; reported beside EPE/AUC, never instead of them). The aligned EPEs are aggregated
+like the EPE above (per keypoint over its visible samples, then over keypoints); mesh errors and F-scores are
+means over samples:
+
+* ``epe_scaled_mean`` / ``_median``: **scale-aligned EPE**. Both skeletons root-relative (joint 0), then the
+  prediction is multiplied by ``‖g₁₀ − g₉‖ / ‖p₁₀ − p₉‖``: the ground truth's length of the reference bone
+  :data:`SCALE_BONE` = middle-finger MCP → PIP (manopth joints 9 → 10). That is the bone hand3d [33] normalises
+  by (its ``keypoint_scale``: keypoints 12 → 11 in its order, "index_root_bone_length") and multiplies its
+  normalised prediction with at evaluation, so this is the EPE of a prediction whose global size is given.
+* ``epe_pa_mean`` / ``_median``: **Procrustes-aligned EPE** (PA-EPE). Per sample, the similarity transform
+  (rotation, uniform scale, translation; least squares, Umeyama 1991) that maps the predicted joints onto the
+  ground truth is applied first (:func:`procrustes_align`, fitted to the visible joints). As FreiHAND's
+  ``align_w_scale``, except that a reflection is never allowed (det R = +1): a mirrored hand is an error.
+* ``f5_joints`` / ``f15_joints``: **F-score at 5 / 15 mm** on the 21 Procrustes-aligned joints, FreiHAND's
+  definition (``eval.py calculate_fscore``): point sets, nearest-neighbour distances both ways (no
+  correspondence), precision = fraction of predicted points closer than τ (strictly) to some ground-truth
+  point, recall = the converse, F = 2PR / (P + R) (0 when both are 0); mean of the per-sample F.
+* Where a ground-truth mesh exists (the synthetic sets: :func:`keyhand.data.prepare.read_split_vertices`):
+  ``mesh_error_mean``, the mean per-vertex Euclidean distance with each mesh translated by its own skeleton's
+  joint 0 (the EPE's root alignment); ``mesh_error_pa_mean`` after a Procrustes alignment estimated on the
+  vertices (FreiHAND ``mesh_al_mean3d``); ``f5_mesh`` / ``f15_mesh``, the F-scores on those Procrustes-aligned
+  vertices (FreiHAND's F@5 / F@15 mm); ``mesh_count`` samples. NaN (and not logged) without any mesh.
+
 Gesture metrics (§4.3.3, Table 6): accuracy, per-class accuracy (recall) and the confusion matrix
 (rows = true class, columns = predicted class, in the order of ``labels``).
 """
@@ -35,9 +60,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
-__all__ = ["PCK_GRID_FULL_MM", "PCK_THRESHOLDS_MM", "ROOT_JOINT", "root_relative", "joint_errors", "epe",
-           "pck_curve", "auc", "PoseEvaluator", "accuracy", "confusion_matrix", "per_class_accuracy",
+__all__ = ["PCK_GRID_FULL_MM", "PCK_THRESHOLDS_MM", "ROOT_JOINT", "SCALE_BONE", "F_THRESHOLDS_MM", "SUMMARY_KEYS",
+           "root_relative", "joint_errors", "epe", "pck_curve", "auc", "scale_align", "procrustes_align",
+           "f_scores", "PoseEvaluator", "pose_metrics", "accuracy", "confusion_matrix", "per_class_accuracy",
            "gesture_metrics"]
 
 #: hand3d ``get_measures(0.0, 0.050, 20)`` grid in mm: 20 thresholds 0, 2.632, …, 50.
@@ -45,6 +72,14 @@ PCK_GRID_FULL_MM = np.linspace(0.0, 50.0, 20)
 #: hand3d STB "20-50 mm" subset (``eval_full.py``: ``threshs[8:]``): 12 thresholds 21.053 … 50 mm.
 PCK_THRESHOLDS_MM = PCK_GRID_FULL_MM[8:]
 ROOT_JOINT = 0
+#: Reference bone of the scale-aligned EPE: middle-finger MCP -> PIP (manopth 9 -> 10; hand3d's keypoints 12 -> 11).
+SCALE_BONE = (9, 10)
+#: FreiHAND's F-score thresholds (``f_threshs = [0.005, 0.015]`` m), in mm.
+F_THRESHOLDS_MM = (5.0, 15.0)
+#: The scalar keys of :meth:`PoseEvaluator.compute` (default F thresholds), the paper's first.
+SUMMARY_KEYS = ("epe_mean", "epe_median", "auc", "auc_0_50", "epe_scaled_mean", "epe_scaled_median", "epe_pa_mean",
+                "epe_pa_median", "f5_joints", "f15_joints", "mesh_error_mean", "mesh_error_pa_mean", "f5_mesh",
+                "f15_mesh", "mesh_count", "count")
 
 
 def _np(x) -> np.ndarray:
@@ -109,36 +144,137 @@ def auc(thresholds_mm, values) -> float:
     return area / float(t[-1] - t[0])
 
 
+def scale_align(pred, gt, bone: tuple[int, int] = SCALE_BONE, root: int = ROOT_JOINT, eps: float = 1e-9
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Root-relative (N, J, 3) prediction rescaled to the ground truth's ``bone`` length, and the root-relative
+    ground truth (both float64). Scale per sample = ‖g[b] − g[a]‖ / ‖p[b] − p[a]‖ with ``bone = (a, b)``
+    (a predicted bone shorter than ``eps`` is divided by ``eps``)."""
+    p, g = root_relative(pred, root), root_relative(gt, root)
+    a, b = bone
+    scale = np.linalg.norm(g[:, b] - g[:, a], axis=-1) / np.maximum(np.linalg.norm(p[:, b] - p[:, a], axis=-1), eps)
+    return p * scale[:, None, None], g
+
+
+def procrustes_align(pred, gt, weights=None, eps: float = 1e-12) -> np.ndarray:
+    """(N, P, 3) ``pred`` mapped onto (N, P, 3) ``gt`` by the least-squares similarity transform, per sample.
+
+    Minimises Σ_i w_i ‖s R p_i + t − g_i‖² over rotations R (det +1, no reflection), scales s > 0 and
+    translations t (Umeyama 1991): with weighted centroids μ_p, μ_g and Σ = Σ_i w_i (g_i − μ_g)(p_i − μ_p)ᵀ =
+    U D Vᵀ, R = U diag(1, 1, sign det(U Vᵀ)) Vᵀ, s = tr(D diag(1, 1, ±1)) / Σ_i w_i ‖p_i − μ_p‖². ``weights``
+    (N, P) ≥ 0 (e.g. visibility) choose the points the transform is fitted to (default: all); every point is
+    mapped. A degenerate prediction (all points on one spot) is moved onto μ_g. Returns float64 (N, P, 3).
+    """
+    p, g = _np(pred), _np(gt)
+    if p.ndim != 3 or p.shape[-1] != 3 or p.shape != g.shape:
+        raise ValueError(f"procrustes_align: pred {p.shape} and gt {g.shape} must both be (N, P, 3)")
+    w = np.ones(p.shape[:2]) if weights is None else _np(weights)
+    if w.shape != p.shape[:2]:
+        raise ValueError(f"procrustes_align: weights {w.shape} must be {p.shape[:2]}")
+    wn = w / np.maximum(w.sum(1, keepdims=True), eps)                       # (N, P), sums to 1
+    mu_p = np.einsum("np,npk->nk", wn, p)[:, None]
+    mu_g = np.einsum("np,npk->nk", wn, g)[:, None]
+    x, y = p - mu_p, g - mu_g
+    cov = np.einsum("np,npi,npj->nij", wn, y, x)                            # (N, 3, 3) Σ w (g−μg)(p−μp)ᵀ
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.sign(np.linalg.det(u @ vt))
+    sign[sign == 0] = 1.0
+    fix = np.stack([np.ones_like(sign), np.ones_like(sign), sign], -1)        # (N, 3)
+    rot = u @ (fix[:, :, None] * vt)                                         # U diag(fix) Vᵀ
+    var = np.einsum("np,npk->n", wn, x * x)
+    scale = np.where(var > eps, (d * fix).sum(-1) / np.maximum(var, eps), 0.0)
+    return scale[:, None, None] * np.einsum("nij,npj->npi", rot, x) + mu_g
+
+
+def f_scores(pred, gt, thresholds_mm: Sequence[float] = F_THRESHOLDS_MM) -> np.ndarray:
+    """(N, T) per-sample F-scores between point sets (N, P, 3) ``pred`` and (N, Q, 3) ``gt`` (FreiHAND's
+    ``calculate_fscore``): nearest-neighbour distances both ways, precision = fraction of predicted points with
+    distance < τ to the ground truth, recall = fraction of ground-truth points with distance < τ to the
+    prediction, F = 2PR / (P + R), 0 when P + R = 0. No point correspondence is used."""
+    p, g = _np(pred), _np(gt)
+    if p.ndim != 3 or g.ndim != 3 or p.shape[-1] != 3 or g.shape[-1] != 3 or len(p) != len(g):
+        raise ValueError(f"f_scores: pred {p.shape} and gt {g.shape} must be (N, P, 3) and (N, Q, 3)")
+    t = np.asarray(thresholds_mm, np.float64)
+    out = np.zeros((len(p), len(t)))
+    for n in range(len(p)):
+        d_pred = cKDTree(g[n]).query(p[n])[0]                                # each predicted point -> gt
+        d_gt = cKDTree(p[n]).query(g[n])[0]                                  # each gt point -> prediction
+        prec = (d_pred[:, None] < t).mean(0)
+        rec = (d_gt[:, None] < t).mean(0)
+        total = prec + rec
+        out[n] = np.where(total > 0, 2 * prec * rec / np.where(total > 0, total, 1.0), 0.0)
+    return out
+
+
+def _f_key(t: float, what: str) -> str:
+    return f"f{t:g}_{what}"
+
+
+def _joined(parts: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(shape)
+
+
 class PoseEvaluator:
-    """Accumulates per-joint 3D errors over batches and reports EPE / PCK / AUC (hand3d protocol, module doc).
+    """Accumulates per-joint 3D errors over batches and reports EPE / PCK / AUC (hand3d protocol, module doc),
+    the scale- and Procrustes-aligned EPE, F-scores and, when meshes are given, the vertex errors.
 
     Args:
         num_joints: J (21).
         thresholds_mm: PCK grid for ``"pck"`` and ``"auc"`` (default :data:`PCK_THRESHOLDS_MM`, 20-50 mm).
         root_relative: subtract joint 0 (wrist) from prediction and ground truth (default True).
+        f_thresholds_mm: F-score thresholds (default :data:`F_THRESHOLDS_MM`, FreiHAND's 5 and 15 mm).
     """
 
     def __init__(self, num_joints: int = 21, thresholds_mm: Sequence[float] | np.ndarray = PCK_THRESHOLDS_MM,
-                 root_relative: bool = True) -> None:
+                 root_relative: bool = True, f_thresholds_mm: Sequence[float] = F_THRESHOLDS_MM) -> None:
         self.num_joints = int(num_joints)
         self.thresholds_mm = np.asarray(thresholds_mm, np.float64)
         self.root_relative = bool(root_relative)
+        self.f_thresholds_mm = tuple(float(t) for t in f_thresholds_mm)
         self.reset()
 
     def reset(self) -> None:
         self._errors: list[np.ndarray] = []
         self._vis: list[np.ndarray] = []
+        self._scaled: list[np.ndarray] = []
+        self._pa: list[np.ndarray] = []
+        self._f_joints: list[np.ndarray] = []
+        self._mesh: list[np.ndarray] = []       # (B,) mean vertex error, root-aligned
+        self._mesh_pa: list[np.ndarray] = []    # (B,) mean vertex error, Procrustes-aligned
+        self._f_mesh: list[np.ndarray] = []     # (B, T)
 
-    def update(self, pred, gt, visibility=None) -> None:
-        """Add a batch: pred, gt (B, J, 3) mm (arrays or tensors); visibility (B, J) {0, 1} or None (all)."""
+    def update(self, pred, gt, visibility=None, pred_vertices=None, gt_vertices=None) -> None:
+        """Add a batch: pred, gt (B, J, 3) mm (arrays or tensors); visibility (B, J) {0, 1} or None (all);
+        pred_vertices / gt_vertices (B, V, 3) mm in the frames of pred / gt (any origin: each mesh is moved by
+        its own skeleton's joint 0), or None. Ground-truth meshes holding NaN are samples without a mesh."""
         err = joint_errors(pred, gt, self.root_relative)
         if err.shape[1] != self.num_joints:
             raise ValueError(f"PoseEvaluator: expected {self.num_joints} joints, got {err.shape[1]}")
         vis = np.ones(err.shape, bool) if visibility is None else _np(visibility) > 0
         if vis.shape != err.shape:
             raise ValueError(f"PoseEvaluator: visibility {vis.shape} does not match joints {err.shape}")
+        p, g = _np(pred), _np(gt)
         self._errors.append(err)
         self._vis.append(vis)
+        ps, gs = scale_align(p, g)
+        self._scaled.append(np.sqrt(((ps - gs) ** 2).sum(-1)))
+        pa = procrustes_align(p, g, vis.astype(np.float64))
+        self._pa.append(np.sqrt(((pa - g) ** 2).sum(-1)))
+        self._f_joints.append(f_scores(pa, g, self.f_thresholds_mm))
+        if pred_vertices is None or gt_vertices is None:
+            return
+        pv, gv = _np(pred_vertices), _np(gt_vertices)
+        if pv.ndim != 3 or pv.shape[-1] != 3 or pv.shape != gv.shape or len(pv) != len(p):
+            raise ValueError(f"PoseEvaluator: pred_vertices {pv.shape} and gt_vertices {gv.shape} must both be "
+                             f"(B, V, 3) with B = {len(p)}")
+        has = np.all(np.isfinite(gv), axis=(1, 2))
+        if not has.any():
+            return
+        pv, gv, p, g = pv[has], gv[has], p[has], g[has]
+        rel_p, rel_g = pv - p[:, ROOT_JOINT:ROOT_JOINT + 1], gv - g[:, ROOT_JOINT:ROOT_JOINT + 1]
+        self._mesh.append(np.sqrt(((rel_p - rel_g) ** 2).sum(-1)).mean(-1))
+        al = procrustes_align(pv, gv)
+        self._mesh_pa.append(np.sqrt(((al - gv) ** 2).sum(-1)).mean(-1))
+        self._f_mesh.append(f_scores(al, gv, self.f_thresholds_mm))
 
     @property
     def count(self) -> int:
@@ -153,12 +289,14 @@ class PoseEvaluator:
 
     def compute(self) -> dict:
         """{"epe_mean", "epe_median" (mm), "auc" (on ``thresholds_mm``), "auc_0_50", "pck": {"thresholds_mm",
-        "values"}, "count"}; NaNs (and count 0) before any visible joint was fed."""
+        "values"}, "count"} (the paper's) + "epe_scaled_mean/_median", "epe_pa_mean/_median", "f{τ}_joints",
+        "mesh_error_mean", "mesh_error_pa_mean", "f{τ}_mesh", "mesh_count" (module doc); NaNs (and count 0)
+        before any visible joint was fed, mesh values NaN without any ground-truth mesh."""
         err, vis = self.errors()
         mean, median = epe(err, vis)
         curve = pck_curve(err, self.thresholds_mm, vis)
         full = pck_curve(err, PCK_GRID_FULL_MM, vis)
-        return {
+        out = {
             "epe_mean": mean,
             "epe_median": median,
             "auc": auc(self.thresholds_mm, curve) if np.all(np.isfinite(curve)) else float("nan"),
@@ -166,6 +304,28 @@ class PoseEvaluator:
             "pck": {"thresholds_mm": [float(t) for t in self.thresholds_mm], "values": [float(v) for v in curve]},
             "count": self.count,
         }
+        nan = float("nan")
+        out["epe_scaled_mean"], out["epe_scaled_median"] = epe(_joined(self._scaled, (0, self.num_joints)), vis)
+        out["epe_pa_mean"], out["epe_pa_median"] = epe(_joined(self._pa, (0, self.num_joints)), vis)
+        nt = len(self.f_thresholds_mm)
+        fj = _joined(self._f_joints, (0, nt))
+        fm = _joined(self._f_mesh, (0, nt))
+        for i, t in enumerate(self.f_thresholds_mm):
+            out[_f_key(t, "joints")] = float(fj[:, i].mean()) if len(fj) else nan
+        mesh, mesh_pa = _joined(self._mesh, (0,)), _joined(self._mesh_pa, (0,))
+        out["mesh_count"] = int(len(mesh))
+        out["mesh_error_mean"] = float(mesh.mean()) if len(mesh) else nan
+        out["mesh_error_pa_mean"] = float(mesh_pa.mean()) if len(mesh_pa) else nan
+        for i, t in enumerate(self.f_thresholds_mm):
+            out[_f_key(t, "mesh")] = float(fm[:, i].mean()) if len(fm) else nan
+        return out
+
+
+def pose_metrics(pred, gt, visibility=None, pred_vertices=None, gt_vertices=None, **kwargs) -> dict:
+    """Every pose metric of one set in one call: :class:`PoseEvaluator` (``kwargs``) fed once, computed."""
+    ev = PoseEvaluator(**kwargs)
+    ev.update(pred, gt, visibility, pred_vertices, gt_vertices)
+    return ev.compute()
 
 
 # ---------------------------------------------------------------------------------------------------------

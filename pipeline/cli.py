@@ -8,15 +8,19 @@
     keyhand prepare synth-stb --root data/synth/synth-stb --split train --out data/prepared/synth-stb/train
     keyhand masks data/prepared/synth-stb/train --out data/masks/synth-stb/train --workers 2
     keyhand bench mano|render|data             # benchmark figures (not timed tests)
-    keyhand pretrain-sfe --data data/prepared/synth-obman --out runs/sfe [--config train.yaml] [--resume]
-    keyhand train --data data/prepared/synth-stb --masks data/masks/synth-stb --sfe-checkpoint runs/sfe --out runs/train
+    keyhand bench gpu --update-readme          # the prepared GPU check (pipeline/bench_gpu.py)
+    keyhand pretrain-sfe --out runs/sfe [--params params.yaml] [--data data/prepared/synth-obman] [--resume]
+    keyhand train --out runs/mine --sfe-checkpoint runs/sfe --epochs 3   # params.yaml, its data, 3 epochs
     keyhand train-gesture --framework runs/train --data data/prepared/synth-gestures --out runs/gesture
-    keyhand evaluate --checkpoint runs/train --data data/prepared/synth-stb/test --out runs/train/eval
+    keyhand evaluate --checkpoint runs/train --out runs/train/eval [--data data/prepared/synth-stb/test]
     keyhand predict hand1.jpg hand2.png --checkpoint runs/train --out predictions/ [--box x0,y0,x1,y1]
     keyhand stage train                        # one stage of dvc.yaml (reads params.yaml)
     keyhand sweep ablation --address auto --gpus-per-trial 0.25 [--resume]   # also gesture-cv, search
     keyhand params write --profile paper       # the paper's protocol into params.yaml (then: dvc repro)
     keyhand dashboard                          # Streamlit on http://127.0.0.1:8501
+
+Commands that train or evaluate read params.yaml (--params) and, by default, the graph's data; flags
+override. They and the DVC stages run the same code (trainers.run); this module only parses arguments.
 """
 
 from __future__ import annotations
@@ -187,14 +191,29 @@ class Bench(StrEnum):
     render = "render"
     data = "data"
     model = "model"
+    gpu = "gpu"
 
 
 @app.command("bench")
 def bench(
-    what: Bench = typer.Argument(..., help="Which component to benchmark."),
+    what: Bench = typer.Argument(..., help="Which component to benchmark (gpu: the whole prepared GPU check)."),
     device: list[str] = typer.Option(None, help="Devices (default: cpu, and cuda when present)."),
+    out: Path = typer.Option(Path("runs/gpu-check"), "--out", help="gpu: folder for gpu_check.json / .md."),
+    update_readme: bool = typer.Option(False, "--update-readme", help="gpu: fill README's GPU figures (CUDA only)."),
+    readme: Path = typer.Option(Path("README.md"), "--readme", help="gpu: the README to fill."),
+    from_json: Path = typer.Option(None, "--from-json", help="gpu: a saved gpu_check.json instead of measuring."),
+    only: str = typer.Option(None, "--only", help="gpu: comma-separated sections (default: all)."),
 ) -> None:
-    """Print benchmark figures (Markdown) for a component."""
+    """Print benchmark figures (Markdown) for a component; `gpu` runs pipeline/bench_gpu.py's check."""
+    if what is Bench.gpu:
+        from pipeline.bench_gpu import run_check
+
+        try:
+            status = run_check(device[0] if device else "auto", out, update_readme, readme, from_json, only,
+                               log=typer.echo)
+        except ValueError as exc:
+            _fail(str(exc))
+        raise typer.Exit(status)
     if what is Bench.mano:
         from pipeline import bench_mano as mod
 
@@ -215,13 +234,19 @@ def bench(
 
 
 # ------------------------------------------------------------------------------------------ training (trainers/)
+# Every command that trains or evaluates reads --params (params.yaml) for its settings and, by default, the
+# data of the DVC graph; flags override. The work itself is trainers.run (the DVC stages call the same).
 
-def _load_cfg(config: Path | None, stage: str, epochs: int | None):
-    from trainers.config import ConfigError, load_config
+_PARAMS = typer.Option(Path("params.yaml"), "--params", help="The params file (params.yaml).")
+_ROLES = {"sfe": "pretrain", "train": "pose", "gesture": "gesture"}
+
+
+def _params(path: Path, overrides: dict | None = None):
+    from pipeline.params import ParamsError, load_params
 
     try:
-        return load_config(config, {stage: {"epochs": epochs}} if epochs is not None else None)
-    except ConfigError as exc:
+        return load_params(path, overrides)
+    except ParamsError as exc:
         _fail(str(exc))
 
 
@@ -251,144 +276,131 @@ def _masks(masks: Path | None, val_name: str | None) -> dict:
     if masks is None:
         return {}
     if (masks / "manifest.json").is_file():
-        return {"train": masks}
-    out = {"train": masks / "train"}
+        return {"masks_train": masks}
+    out = {"masks_train": masks / "train"}
     if val_name and (masks / val_name / "manifest.json").is_file():
-        out["val"] = masks / val_name
-    if not (out["train"] / "manifest.json").is_file():
-        _fail(f"--masks {masks}: no packed masks (manifest.json) in it or in {out['train']}: run keyhand masks")
+        out["masks_val"] = masks / val_name
+    if not (out["masks_train"] / "manifest.json").is_file():
+        _fail(f"--masks {masks}: no packed masks (manifest.json) in it or in {out['masks_train']}: run keyhand masks")
     return out
 
 
 def _training_errors():
+    from keyhand.config import ConfigError
     from keyhand.data.record import DatasetError
     from keyhand.geometry.mano import ManoFileError
     from trainers.checkpoint import CheckpointError
-    from trainers.config import ConfigError
     from trainers.predict import PredictError
     from trainers.train import FitError
 
     return (FitError, CheckpointError, ConfigError, DatasetError, ManoFileError, PredictError, ValueError)
 
 
-def _run_stage(stage: str, config: Path | None, data: Path, masks: Path | None, out: Path, resume: bool,
-               epochs: int | None, device: str, force: bool, sfe_checkpoint: Path | None = None,
-               framework: Path | None = None) -> None:
-    from trainers.checkpoint import latest
-    from trainers.device import resolve_device
-    from trainers.train import (
-        build_classifier,
-        build_framework,
-        fit,
-        load_sfe_weights,
-        make_loaders,
-        num_gesture_classes,
-    )
+def _fit_cmd(stage: str, params: Path, data: Path | None, masks: Path | None, out: Path, resume: bool,
+             epochs: int | None, device: str, sfe_checkpoint: str | None = None, framework: Path | None = None) -> None:
+    from pipeline.stages.runs import stage_data
+    from trainers.run import StageData, fit_stage
 
-    cfg = _load_cfg(config, stage, epochs)
-    train_dir, val_dir, val_name = _split_dirs(data)
+    p = _params(params, {f"{stage}.epochs": epochs} if epochs is not None else None)
+    if data is None:
+        sd = stage_data(p, _ROLES[stage], with_val=stage != "sfe")
+    else:
+        train_dir, val_dir, val_name = _split_dirs(data)
+        sd = StageData(train=train_dir, val=val_dir, **_masks(masks, val_name))
+    sfe_init = None if sfe_checkpoint in (None, "none") or p.model.sfe == "none" else Path(sfe_checkpoint)
     try:
-        dev = resolve_device(device)
-        frozen = None
-        if stage == "gesture":
-            from trainers.predict import load_model
-
-            frozen, section = load_model(framework, dev)
-            cfg = cfg.with_overrides(model=section.model_dump())
-            loaders = make_loaders(cfg, stage, train_dir, val_dir, device=dev)
-            model = build_classifier(cfg, num_gesture_classes(loaders["train"].dataset))
-        else:
-            loaders = make_loaders(cfg, stage, train_dir, val_dir, _masks(masks, val_name), device=dev)
-            model = build_framework(cfg)
-            if sfe_checkpoint is not None and not (resume and latest(out) is not None):
-                typer.echo(f"SFE initialised from {load_sfe_weights(model, sfe_checkpoint)}")
-        result = fit(stage, model, loaders, cfg, out, resume=resume, framework=frozen, device=dev, force=force)
+        result = fit_stage(p.train_config(), stage, sd, out, sfe_init=sfe_init, framework=framework,
+                           resume="require" if resume else "auto", device=device)
     except KeyboardInterrupt:
-        from trainers.checkpoint import latest as _latest
+        from trainers.checkpoint import latest
 
-        _fail(f"interrupted: the last complete epoch is kept in {_latest(out) or out}; continue with --resume")
+        _fail(f"interrupted: the last complete epoch is kept in {latest(out) or out}; run again to continue")
     except _training_errors() as exc:
         _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()
                       if k.startswith(("train/total", "val/")) and isinstance(v, float))
-    typer.echo(f"{stage}: ran epochs {result.start_epoch + 1}-{result.start_epoch + result.epochs_run} "
-               f"into {out} (checkpoint {result.checkpoint}){': ' + shown if shown else ''}")
+    ran = (f"ran epochs {result.start_epoch + 1}-{result.start_epoch + result.epochs_run}" if result.epochs_run
+           else f"nothing to run ({len(result.history)} epochs done)")
+    typer.echo(f"{stage}: {ran} into {out} (identity {result.params_hash}, checkpoint {result.checkpoint})"
+               f"{': ' + shown if shown else ''}")
 
 
-_CONFIG = typer.Option(None, "--config", help="YAML of model/loss/sfe/train/gesture sections (default profile).")
 _OUT = typer.Option(..., "--out", help="Run folder: checkpoints, history.json.")
-_RESUME = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out.")
-_EPOCHS = typer.Option(None, "--epochs", help="Override the stage's number of epochs.")
+_RESUME = typer.Option(False, "--resume", help="Refuse (one line) unless --out is empty or holds a run of the same "
+                                               "identity. Without it, a run of the same identity is continued and any "
+                                               "other is moved to <out>.previous before a fresh start.")
+_EPOCHS = typer.Option(None, "--epochs", help="Override the stage's number of epochs (params.yaml <stage>.epochs).")
 _DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-_FORCE = typer.Option(False, "--force", help="Resume even if the settings changed since the checkpoint.")
 _MASKS = typer.Option(None, "--masks", help="GrabCut masks (keyhand masks): a folder or one with train/ val|test/.")
+_DATA = typer.Option(None, "--data", help="Prepared split, or a folder with train/ (and val/ or test/); default: "
+                                          "the params' data under data/prepared (with data/masks).")
 
 
 @app.command("pretrain-sfe")
 def pretrain_sfe_cmd(
-    data: Path = typer.Option(..., "--data", help="Prepared split, or a folder with train/ (and val/ or test/)."),
-    out: Path = _OUT, config: Path = _CONFIG, masks: Path = _MASKS, resume: bool = _RESUME,
-    epochs: int = _EPOCHS, device: str = _DEVICE, force: bool = _FORCE,
+    out: Path = _OUT, params: Path = _PARAMS, data: Path = _DATA, masks: Path = _MASKS, resume: bool = _RESUME,
+    epochs: int = _EPOCHS, device: str = _DEVICE,
 ) -> None:
     """SFE pretraining (§4.1.1, ObMan): L_SFE (Eqs. 13-14), only the SFE's weights change."""
-    _run_stage("sfe", config, data, masks, out, resume, epochs, device, force)
+    _fit_cmd("sfe", params, data, masks, out, resume, epochs, device)
 
 
 @app.command("train")
 def train_cmd(
-    data: Path = typer.Option(..., "--data", help="Prepared split, or a folder with train/ (and val/ or test/)."),
-    out: Path = _OUT, config: Path = _CONFIG, masks: Path = _MASKS,
-    sfe_checkpoint: Path = typer.Option(None, "--sfe-checkpoint", help="Pretrained SFE (a pretrain-sfe run)."),
-    resume: bool = _RESUME, epochs: int = _EPOCHS, device: str = _DEVICE, force: bool = _FORCE,
+    out: Path = _OUT, params: Path = _PARAMS, data: Path = _DATA, masks: Path = _MASKS,
+    sfe_checkpoint: str = typer.Option("runs/pretrain_sfe", "--sfe-checkpoint",
+                                       help="Pretrained SFE (a pretrain-sfe run or .pt); 'none' = start from the "
+                                            "seeded initialisation."),
+    resume: bool = _RESUME, epochs: int = _EPOCHS, device: str = _DEVICE,
 ) -> None:
     """Full training with the multi-task loss (Eq. 12), evaluated (EPE, AUC) after every epoch."""
-    _run_stage("train", config, data, masks, out, resume, epochs, device, force, sfe_checkpoint=sfe_checkpoint)
+    _fit_cmd("train", params, data, masks, out, resume, epochs, device, sfe_checkpoint=sfe_checkpoint)
 
 
 @app.command("train-gesture")
 def train_gesture_cmd(
-    framework: Path = typer.Option(..., "--framework", help="The trained framework (a train run or .pt)."),
-    data: Path = typer.Option(..., "--data", help="Prepared gesture split, or a folder with train/ (val|test/)."),
-    out: Path = _OUT, config: Path = _CONFIG, resume: bool = _RESUME, epochs: int = _EPOCHS,
-    device: str = _DEVICE, force: bool = _FORCE,
+    out: Path = _OUT, params: Path = _PARAMS,
+    framework: Path = typer.Option(Path("runs/train"), "--framework", help="The trained framework (a run or .pt)."),
+    data: Path = _DATA, resume: bool = _RESUME, epochs: int = _EPOCHS, device: str = _DEVICE,
 ) -> None:
     """The §4.3.3 gesture classifier on the frozen framework's 3D joints (computed once per split)."""
-    _run_stage("gesture", config, data, None, out, resume, epochs, device, force, framework=framework)
+    _fit_cmd("gesture", params, data, None, out, resume, epochs, device, framework=framework)
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A framework checkpoint (.pt) or its run folder."),
-    data: Path = typer.Option(..., "--data", help="Prepared split to evaluate (or a folder with test/)."),
     out: Path = typer.Option(..., "--out", help="Folder for metrics.json, predictions.npz and panels."),
-    panels: int = typer.Option(4, "--panels", help="Fig. 6 panels of the first N samples."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Evaluation batch size."),
+    params: Path = _PARAMS,
+    checkpoint: Path = typer.Option(Path("runs/train"), "--checkpoint", help="A framework checkpoint or run folder."),
+    data: Path = typer.Option(None, "--data", help="Prepared split to evaluate (or a folder with test/); default: "
+                                                   "the params' pose test split."),
+    panels: int = typer.Option(None, "--panels", help="Fig. 6 panels (default: params.yaml evaluate.panels)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Batch size (default: params.yaml train.batch_size)."),
     device: str = _DEVICE,
 ) -> None:
     """3D EPE, PCK (20-50 mm) and AUC on a split (§4.3), per-sample predictions and Fig. 6 panels."""
-    import json
+    from keyhand.atomic import atomic_write_json
+    from pipeline.stages.runs import stage_data
+    from trainers.run import evaluate_checkpoint
 
-    from keyhand.data.cache import PreparedDataset
-    from trainers.predict import load_model, split_panels
-    from trainers.train import evaluate, make_loader, save_predictions
-
-    split = _eval_split(data)
+    p = _params(params)
+    if data is None:
+        sd = stage_data(p, "pose")
+        split, split_masks = sd.val, sd.masks_val
+    else:
+        split, split_masks = _eval_split(data), None
     try:
-        model, section = load_model(checkpoint, device)
-        ds = PreparedDataset(split, heatmap_size=section.image_size // 4)
-        if ds.image_size != section.image_size:
-            _fail(f"prepared split {split} has {ds.image_size} px crops but the model takes {section.image_size}")
-        metrics = evaluate(model, make_loader(ds, batch_size, shuffle=False), progress=True)
-        out.mkdir(parents=True, exist_ok=True)
-        save_predictions(out / "predictions.npz", metrics.pop("predictions"))
-        written = split_panels(model, ds, range(min(panels, len(ds))), out / "panels")
+        ev = evaluate_checkpoint(checkpoint, split, masks=split_masks, out=out, device=device, progress=True,
+                                 batch_size=batch_size or p.train.batch_size,
+                                 panels=p.evaluate.panels if panels is None else panels)
     except _training_errors() as exc:
         _fail(str(exc).strip().splitlines()[0])
-    record = {"checkpoint": str(checkpoint), "split": str(split), **metrics}
-    (out / "metrics.json").write_text(json.dumps(record, indent=1))
+    metrics = ev.metrics
+    atomic_write_json(out / "metrics.json", {"checkpoint": str(ev.checkpoint), "split": str(split), **metrics},
+                      indent=1)
     typer.echo(f"{split}: EPE {metrics.get('epe_mean', float('nan')):.2f} mm (median "
                f"{metrics.get('epe_median', float('nan')):.2f}), AUC 20-50 mm {metrics.get('auc', float('nan')):.3f}"
-               f" over {metrics['count']} samples; wrote {out / 'metrics.json'}, {len(written)} panels")
+               f" over {metrics['count']} samples; wrote {out / 'metrics.json'}, {len(ev.panels)} panels")
 
 
 def _box(text: str | None) -> tuple[float, ...] | None:
@@ -427,18 +439,6 @@ def predict_cmd(
 
 
 # ------------------------------------------------------------------------------ the experiment graph (dvc.yaml)
-
-_PARAMS = typer.Option(Path("params.yaml"), "--params", help="The params file (params.yaml).")
-
-
-def _params(path: Path, overrides: dict | None = None):
-    from pipeline.params import ParamsError, load_params
-
-    try:
-        return load_params(path, overrides)
-    except ParamsError as exc:
-        _fail(str(exc))
-
 
 def _stage_errors() -> tuple[type[BaseException], ...]:
     from keyhand.data.record import DatasetError
@@ -485,15 +485,46 @@ class Sweep(StrEnum):
 @app.command("sweep")
 def sweep_cmd(
     what: Sweep = typer.Argument(..., help="ablation (Tables 1-4 rows), gesture-cv (the folds) or search (Optuna)."),
-    address: str = typer.Option(None, "--address", help="Ray cluster: auto, host:port or ray://host:10001 "
-                                                         "(default: params.yaml ray.address, else a local Ray)."),
+    address: str = typer.Option(None, "--address", help="Ray cluster: auto (this machine's), HEAD:6379 (the head's "
+                                                         "GCS port) or ray://HEAD:10001 (Ray Client); default: "
+                                                         "params.yaml ray.address, else a local Ray."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking server, e.g. http://HEAD:5000 "
+                                                                  "(overrides mlflow.tracking_uri). Required on a "
+                                                                  "multi-node cluster unless --tracking-server."),
+    tracking_server: str = typer.Option(None, "--tracking-server", metavar="[HOST:]PORT",
+                                        help="Start `mlflow server --workers 1` on this machine (the head), bound "
+                                             "to HOST:PORT (127.0.0.1:5000 this machine only, 0.0.0.0:5000 every "
+                                             "interface), serving the project's SQLite store and artifacts; trials "
+                                             "log to it; it is stopped when the sweep ends (log: "
+                                             "runs/mlflow-server.log)."),
+    storage_path: str = typer.Option(None, "--storage-path", help="Ray Tune's storage (trial results, checkpoints, "
+                                                                  "resume state): a folder every node sees, or an "
+                                                                  "s3:// / gs:// URI (overrides ray.storage_path; "
+                                                                  "default runs/ray)."),
     gpus_per_trial: float = typer.Option(None, "--gpus-per-trial", help="e.g. 0.25 packs four trials on a GPU."),
     cpus_per_trial: float = typer.Option(None, "--cpus-per-trial"),
-    max_failures: int = typer.Option(None, "--max-failures", help="Retries of a failed trial."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep of the same inputs."),
+    max_failures: int = typer.Option(None, "--max-failures", help="Retries of a failed trial (a trial whose node "
+                                                                  "died counts one)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep of the same inputs: "
+                                                        "finished trials are kept, the same MLflow parent reused."),
+    progress_every: float = typer.Option(None, "--progress-every", metavar="SECONDS",
+                                         help="Period of the progress summary (default 30; 0: trial events only)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Also show Ray Tune's own status table "
+                                                                       "(-vv: more)."),
     params: Path = _PARAMS,
 ) -> None:
-    """Spread a sweep over Ray Tune workers (one MLflow parent run, one child per trial)."""
+    """Spread a sweep over Ray Tune workers (one MLflow parent run, one child per trial).
+
+    Progress: a line per trial event (started on node X, finished, failed and retried) and a periodic summary.
+
+    Several nodes: a store or storage other nodes cannot reach is refused; every node is probed first.
+
+    Ray 2.60 token auth: give this driver the head's token (RAY_AUTH_TOKEN_PATH=FILE or RAY_AUTH_TOKEN).
+
+    Step by step: README, "Running on a GPU cluster".
+    """
+    import os
+
     from pipeline.stages import stage_ablate, stage_gesture_cv, stage_search
 
     overrides: dict = {"sweep": {k: v for k, v in (("gpus_per_trial", gpus_per_trial),
@@ -501,12 +532,55 @@ def sweep_cmd(
                                                     ("max_failures", max_failures)) if v is not None}}
     if address is not None:
         overrides["ray"] = {"address": address}
+    if storage_path is not None:
+        overrides.setdefault("ray", {})["storage_path"] = storage_path
+    if tracking_uri is not None and tracking_server is not None:
+        _fail("--tracking-uri and --tracking-server: give one (the server started here is the tracking URI)")
+    if tracking_uri is not None:
+        overrides["mlflow"] = {"tracking_uri": tracking_uri}
+    if progress_every is not None:
+        os.environ["KEYHAND_SWEEP_PROGRESS_S"] = str(progress_every)
+    if verbose:
+        os.environ["KEYHAND_SWEEP_VERBOSE"] = str(verbose)
     p = _params(params, overrides)
     fn = {Sweep.ablation: stage_ablate, Sweep.gesture_cv: stage_gesture_cv, Sweep.search: stage_search}[what]
+    server = None
     try:
+        if tracking_server is not None:
+            server = _start_tracking_server(tracking_server, p)
+            p = _params(params, {**overrides, "mlflow": {"tracking_uri": server.url}})
         fn(p, resume=resume)
     except _stage_errors() as exc:
         _fail(f"sweep {what.value}: {str(exc).strip().splitlines()[0]}")
+    finally:
+        if server is not None:
+            server.stop()
+            typer.echo(f"tracking server {server.url} stopped")
+
+
+def _start_tracking_server(bind: str, p):
+    """``keyhand sweep --tracking-server``: the project's SQLite store served by ``mlflow server`` on this machine."""
+    from trainers.cluster import ClusterError, TrackingServer
+    from trainers.sweep import _parse_host_port
+    from trainers.tracking import resolve_tracking_uri
+
+    store = resolve_tracking_uri(p.mlflow.tracking_uri, Path.cwd())
+    if not store.startswith("sqlite:///"):
+        _fail(f"--tracking-server serves the project's SQLite store, but the tracking URI is already {store}; "
+              "drop --tracking-server (or use --tracking-uri)")
+    head = _parse_host_port(p.ray.address) if p.ray.address and p.ray.address != "auto" else None
+    try:
+        server = TrackingServer(bind, store, log_path=Path("runs") / "mlflow-server.log",
+                                advertise_towards=head[0] if head else None)
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        url = server.start()
+    except ClusterError as exc:
+        _fail(str(exc))
+    typer.echo(f"tracking server: {url} (pid {server.pid}, bound to {server.host}:{server.port}, store {store}); "
+               "stopped when the sweep ends")
+    return server
 
 
 params_app = typer.Typer(help="Write or show params.yaml (profiles: default, paper).", no_args_is_help=True)
@@ -531,7 +605,7 @@ def params_write(
 
 @params_app.command("show")
 def params_show(params: Path = _PARAMS) -> None:
-    """Print the validated params (profile applied) as YAML."""
+    """Print the validated params (keys the file leaves out filled from the default profile) as YAML."""
     from pipeline.params import render_params
 
     typer.echo(render_params(_params(params)))

@@ -1,16 +1,19 @@
 """``params.yaml``: every knob of the platform in one file, validated when loaded.
 
     from pipeline.params import load_params
-    p = load_params("params.yaml")                     # ParamsError: one line naming the file and the key
+    p = load_params("params.yaml", {"train.epochs": 2})   # ParamsError: one line naming the file and the key
     p.train_config()                                   # trainers.config.TrainConfig (model, loss, stages)
     p.pose_datasets(), p.gesture_datasets()            # what the graph prepares and trains on
+    Params.for_profile("paper")                        # the paper's protocol (keyhand params write --profile paper)
+
+Profiles: "default" (the embedded synthetic profile: the whole graph on a 2-core CPU in minutes) and "paper"
+(the paper's protocol, §4.1-4.3: batch 6, Adam 1e-4, wd 1e-5, 60 epochs SFE pretraining, 80 epochs
+training, 256² crops, the paper's model widths and dataset sizes). params.yaml is one profile written out
+in full (``keyhand params write --profile paper|default``); a key a file omits takes the default profile's
+value. The file never names a profile (it would do nothing for the keys it states).
 
 Sections (each forbids unknown keys, so a typo stops with ``params.yaml: sweep.ablaton: unknown key``):
 
-    profile   "default" (the embedded synthetic profile: the whole graph on a 2-core CPU in minutes) or
-              "paper" (the paper's protocol, §4.1-4.3: batch 6, Adam 1e-4, wd 1e-5, 60 epochs SFE
-              pretraining, 80 epochs training, 256² crops, the paper's model widths and dataset sizes).
-              What a section omits comes from the profile; what it states wins.
     data      source (synthetic | real), the synthetic sizes, the real datasets' roots (generated, prepared
               and mask folders live under the project's data/, as dvc.yaml declares them)
     prepare   §3.1 crop enlargement, §3.5 heatmap σ and GrabCut iterations / processes
@@ -21,21 +24,23 @@ Sections (each forbids unknown keys, so a typo stops with ``params.yaml: sweep.a
     ray       the cluster address (None = a local Ray; "auto"; "ray://host:port")
     mlflow    tracking URI (None = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db) and experiments
 
+``ray`` and ``mlflow`` say where work runs and is recorded, never what it computes: no stage depends on them.
 The crop side is ``model.image_size`` (one source of truth for preparation and the network).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from keyhand.atomic import atomic_write_text
+from keyhand.config import ConfigError, Section, apply_overrides, format_validation_error, load_yaml, merge
 from trainers.config import PROFILES as TRAIN_PROFILES
-from trainers.config import TrainConfig, format_validation_error
+from trainers.config import TrainConfig, check_no_profile
 
 __all__ = ["Params", "ParamsError", "load_params", "write_params", "render_params", "PARAMS_PROFILES",
            "POSE_DATASETS", "GESTURE_DATASETS"]
@@ -46,12 +51,11 @@ POSE_DATASETS = {"synthetic": {"pretrain": "synth-obman", "pose": "synth-stb"},
 GESTURE_DATASETS = {"synthetic": ("synth-gestures",), "real": ("rwth", "senz3d")}
 
 
-class ParamsError(ValueError):
+class ParamsError(ConfigError):
     """A bad params file: one line naming the file and the dotted key."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+_Section = Section
 
 
 class SyntheticSection(_Section):
@@ -110,7 +114,7 @@ class EvaluateSection(_Section):
 class CvSection(_Section):
     folds: int = Field(10, ge=2)                        # §4.3.3: 10-fold cross-validation
     test_fraction: float = Field(0.2, gt=0, lt=1)       # non-overlapping 80/20 splits
-    mode: Literal["stratified", "subject"] = "stratified"
+    mode: Literal["stratified", "subject"] = "subject"   # subject-exclusive folds (every gesture set has subjects)
     seed: int = 0
 
 
@@ -140,6 +144,8 @@ class SweepSection(_Section):
 
 class RaySection(_Section):
     address: str | None = None                          # None: a local Ray; "auto"; "ray://host:10001"
+    storage_path: str | None = None                     # Tune storage; None: runs/ray (a shared path or s3:// URI
+                                                        # on a multi-node cluster)
 
 
 class MlflowSection(_Section):
@@ -165,7 +171,7 @@ ABLATION_ROWS: dict[str, dict[str, Any]] = {
     "t2_ve3": {"model": {"ve_dense": "VE3"}},
     "t3_pca_15": {"model": {"pca_comps": 15}},
     "t3_pca_30": {"model": {"pca_comps": 30}},
-    "t3_no_reprojection": {"loss": {"joints_2d": 0.0}},
+    "t3_no_reprojection": {"loss": {"joints_2d": 0.0, "mask": 0.0}},   # Table 3: joints and mesh re-projection
     "t3_no_reg": {"loss": {"reg": 0.0}},
     "t4_adapt_sum": {"model": {"skeleton_adaptation": True}},
     "t4_adapt_concat_ve1": {"model": {"skeleton_adaptation": True, "fusion": "concat", "ve_dense": "VE1"}},
@@ -191,16 +197,17 @@ PARAMS_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 class Params(TrainConfig):
     """The whole params.yaml (module docstring): the training sections of :class:`TrainConfig` (profile,
     model, loss, sfe, train, gesture, classifier; its profiles) plus the platform's sections below."""
+
+    @classmethod
+    def for_profile(cls, profile: str, data: dict[str, Any] | None = None) -> Params:
+        """Every key of ``profile`` ("default" | "paper"), ``data`` (nested) over it; ParamsError (one line)."""
+        try:
+            return super().for_profile(profile, data)
+        except ConfigError as e:
+            raise ParamsError(str(e)) from None
 
     data: DataSection = DataSection()
     prepare: PrepareSection = PrepareSection()
@@ -212,11 +219,11 @@ class Params(TrainConfig):
 
     @classmethod
     def profile_defaults(cls, profile: str) -> dict[str, Any]:
-        return _merge(TRAIN_PROFILES[profile], PARAMS_PROFILES[profile])
+        return merge(TRAIN_PROFILES[profile], PARAMS_PROFILES[profile])
 
     @classmethod
     def merge_profile(cls, defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        merged = _merge(defaults, data)
+        merged = merge(defaults, data)
         # named collections a file states replace the profile's (a file listing two ablation rows runs two)
         sweep = data.get("sweep") if isinstance(data.get("sweep"), dict) else {}
         if "rows" in sweep:
@@ -241,19 +248,17 @@ class Params(TrainConfig):
 
     # ---------------------------------------------------------------- views used by the stages
     def train_config(self, overrides: dict | None = None) -> TrainConfig:
-        """The trainers.config.TrainConfig of these params (with optional section overrides)."""
-        data = {k: getattr(self, k) for k in TrainConfig.model_fields}
-        data = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in data.items()}
-        return TrainConfig.model_validate(_merge(data, overrides or {}))
+        """The trainers.config.TrainConfig of these params (``overrides``: dotted keys or nested sections)."""
+        return self.training().with_overrides(overrides)
 
     def ablation_config(self, row: str) -> tuple[TrainConfig, bool]:
         """(TrainConfig, start from the pretrained SFE?) of ablation row ``row`` (base + row overrides)."""
         if row not in self.sweep.rows:
             raise ParamsError(f"params.yaml: sweep.rows: no row {row!r} (rows: {', '.join(self.sweep.rows)})")
-        spec = _merge(self.sweep.base, self.sweep.rows[row])
+        spec = merge(self.sweep.base, self.sweep.rows[row])
         pretrained = bool(spec.pop("pretrained_sfe", False))
         if self.sweep.epochs is not None:
-            spec = _merge(spec, {"train": {"epochs": self.sweep.epochs}})
+            spec = merge(spec, {"train": {"epochs": self.sweep.epochs}})
         return self.train_config(spec), pretrained
 
     def pose_datasets(self) -> dict[str, str]:
@@ -262,6 +267,14 @@ class Params(TrainConfig):
 
     def gesture_datasets(self) -> tuple[str, ...]:
         return GESTURE_DATASETS[self.data.source]
+
+    def reader_options(self, name: str) -> dict[str, Any]:
+        """Constructor options of dataset ``name``'s reader: ``data.obman.mode``, ``data.stb.palm_to_wrist``."""
+        if name == "obman":
+            return {"mode": self.data.obman.mode}
+        if name == "stb":
+            return {"palm_to_wrist": self.data.stb.palm_to_wrist}
+        return {}
 
     def dataset_root(self, name: str) -> Path:
         """Where dataset ``name`` is read from: its generated folder, or the configured real root."""
@@ -274,20 +287,19 @@ class Params(TrainConfig):
 
 
 def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None = None) -> Params:
-    """Read and validate ``path``; raises :class:`ParamsError` with one line naming the file and the key."""
+    """Read and validate ``path``, then ``overrides`` (dotted keys or nested sections, e.g. CLI flags).
+
+    Raises :class:`ParamsError` with one line naming the file and the key.
+    """
     p = Path(path)
     if not p.is_file():
         raise ParamsError(f"{p}: no such params file (run from the project folder, or pass --params)")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark is not None else ""
-        raise ParamsError(f"{p}:{where} not valid YAML ({getattr(e, 'problem', None) or type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise ParamsError(f"{p}: expected a mapping of sections, got {type(data).__name__}")
-    if overrides:
-        data = _merge(data, overrides)
+        data = load_yaml(p, "params")
+        check_no_profile(data, p)
+    except ConfigError as e:
+        raise ParamsError(str(e)) from None
+    data = apply_overrides(data, overrides or {})
     try:
         return Params.model_validate(data)
     except ValidationError as e:
@@ -296,8 +308,6 @@ def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None 
 
 #: One comment line per section, written above it in params.yaml.
 SECTION_NOTES = {
-    "profile": "default = the embedded synthetic profile (2-core CPU, minutes); paper = the paper's protocol "
-               "(write it with: keyhand params write --profile paper)",
     "data": "source synthetic|real; real roots: ObMan, STB (SK), RWTH, Senz3D (see README)",
     "prepare": "§3.1 crop enlargement, §3.5 heatmap sigma and GrabCut iterations/processes "
                "(the crop side is model.image_size)",
@@ -311,12 +321,13 @@ SECTION_NOTES = {
     "evaluate": "Fig. 6 panels rendered by the evaluate stage",
     "cv": "§4.3.3 gesture cross-validation",
     "sweep": "the Tables 1-4 rows (overrides of base), per-trial resources, retries, the Optuna search",
-    "ray": "null = a local Ray; auto or ray://host:10001 = an existing cluster",
+    "ray": "address: null = a local Ray; auto, host:6379 or ray://host:10001 = an existing cluster; storage_path: "
+           "Tune's folder (null = runs/ray; a shared path or s3:// URI on a multi-node cluster)",
     "mlflow": "null = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db",
 }
 #: Keys a user sets for their machine: kept when ``write_params`` switches profile.
 LOCAL_KEYS = ("data.source", "data.obman.root", "data.stb.root", "data.rwth.root", "data.senz3d.root",
-              "model.mano_path", "ray.address", "mlflow.tracking_uri")
+              "model.mano_path", "ray.address", "ray.storage_path", "mlflow.tracking_uri")
 
 
 def _get(d: dict, dotted: str) -> Any:
@@ -335,11 +346,12 @@ def _set(d: dict, dotted: str, value: Any) -> None:
 
 
 def render_params(params: Params) -> str:
-    """params.yaml text: every key of ``params`` (profile applied), each section under a comment."""
+    """params.yaml text: every key of ``params``, each section under a comment."""
     data = params.model_dump()
     lines = ["# keyhand params: every knob of the platform. Validated when loaded (pipeline/params.py);",
-             "# an unknown key or a wrong type stops with one line naming it. Regenerate with",
-             "#   keyhand params write --profile default|paper   (keeps data roots, MANO path, Ray, MLflow)", ""]
+             "# an unknown key or a wrong type stops with one line naming it; a key left out takes the default",
+             "# profile's value. Write a profile in full (keeps data roots, MANO path, Ray, MLflow) with",
+             "#   keyhand params write --profile default|paper", ""]
     for key, value in data.items():
         note = SECTION_NOTES.get(key)
         if note:
@@ -353,16 +365,21 @@ def write_params(path: str | os.PathLike, profile: str = "default", keep_local: 
     """Write a complete params file for ``profile``; ``keep_local`` carries :data:`LOCAL_KEYS` over from an
     existing file (its other values are replaced by the profile's). Atomic; returns the written params."""
     p = Path(path)
-    data: dict[str, Any] = {"profile": profile}
+    data: dict[str, Any] = {}
     if keep_local and p.is_file():
-        old = load_params(p).model_dump()
+        try:
+            raw = load_yaml(p, "params")
+            raw.pop("profile", None)  # a file of the old format named its profile: rewritten in full here
+            old = Params.model_validate(raw).model_dump()
+        except ConfigError as e:
+            raise ParamsError(str(e)) from None
+        except ValidationError as e:
+            raise ParamsError(format_validation_error(e, p, model=Params)) from None
         for k in LOCAL_KEYS:
             _set(data, k, _get(old, k))
     try:
-        params = Params.model_validate(data)
-    except ValidationError as e:
-        raise ParamsError(format_validation_error(e, p, model=Params)) from None
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_params(params))
-    os.replace(tmp, p)
+        params = Params.for_profile(profile, data)
+    except ParamsError as e:
+        raise ParamsError(f"{p}: {e}") from None
+    atomic_write_text(p, render_params(params))
     return params

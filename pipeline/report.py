@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from keyhand.atomic import atomic_write_text
+
 __all__ = ["PAPER_RESULTS", "as_finite", "load_paper_results", "build_report", "write_report", "render_markdown"]
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
@@ -166,17 +168,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(report: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``out_dir`` (atomically); returns both paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "report.json", out / "report.md"
-    _atomic_write(js, json.dumps(report, indent=2))
-    _atomic_write(md, render_markdown(report))
+    atomic_write_text(js, json.dumps(report, indent=2))
+    atomic_write_text(md, render_markdown(report))
     return js, md

@@ -1,5 +1,5 @@
 """§3.1 crop (Eq. 1): hand-computed boxes, exact pixel/joint mapping, padding at the border, intrinsics,
-and the §3.2 per-image normalisation."""
+left ↔ right mirroring (re-projection preserved), and the §3.2 per-image normalisation."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from keyhand.data.crop import (
     crop_intrinsics,
     crop_params,
     crop_sample,
+    mirror_matrix,
+    mirror_sample,
     normalize,
     transform_points,
 )
@@ -140,6 +142,78 @@ def test_crop_sample_with_given_box_and_outside_joints():
     assert crop_sample(g, 64, box=CropBox(160, 120, 100)).image.shape == (64, 64, 3)
     with pytest.raises(DatasetError, match="gesture"):
         crop_sample(g, 64)
+
+
+def _left_sample(seed: int = 5) -> HandSample:
+    """A full-size sample with an off-centre principal point, skew, a mesh and a palm point in ``extra``."""
+    rng = np.random.default_rng(seed)
+    K = np.array([[520.0, 3.0, 190.0], [0, 515.0, 101.0], [0, 0, 1]], np.float32)   # cx far from (W - 1) / 2
+    X = rng.uniform([-70, -60, 380], [70, 60, 520], (21, 3)).astype(np.float32)
+    uv = ((X @ K.T)[:, :2] / (X @ K.T)[:, 2:]).astype(np.float32)
+    verts = rng.uniform([-90, -90, 380], [90, 90, 520], (50, 3)).astype(np.float32)
+    return HandSample(image=rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), key="stb/left", source="stb",
+                      joints_2d=uv, joints_3d=X, intrinsics=K, mask=(rng.random((240, 320)) > 0.5).astype(np.uint8),
+                      side="left", extra={"verts_3d": verts, "palm": X[0].copy()})
+
+
+def _project(X: np.ndarray, K: np.ndarray) -> np.ndarray:
+    p = np.asarray(X, np.float64) @ np.asarray(K, np.float64).T
+    return p[:, :2] / p[:, 2:]
+
+
+def test_mirror_matrix_hand_computed():
+    F = mirror_matrix(320)
+    np.testing.assert_allclose(transform_points(F, [[0.0, 5.0], [319.0, 7.0], [159.5, 1.0], [-0.5, 0.0]]),
+                               [[319.0, 5.0], [0.0, 7.0], [159.5, 1.0], [319.5, 0.0]])
+
+
+def test_mirror_sample_keeps_reprojection_and_flips_everything():
+    s = _left_sample()
+    m = mirror_sample(s).validate()
+    assert m.side == "right" and m.extra["mirrored"] is True
+    np.testing.assert_array_equal(m.image, s.image[:, ::-1])
+    np.testing.assert_array_equal(m.mask, s.mask[:, ::-1])
+    np.testing.assert_allclose(m.joints_3d, s.joints_3d * np.float32([-1, 1, 1]))
+    np.testing.assert_allclose(m.joints_2d[:, 0], 319.0 - s.joints_2d[:, 0], atol=1e-4)
+    np.testing.assert_allclose(m.joints_2d[:, 1], s.joints_2d[:, 1], atol=1e-4)
+    # the mirrored 3D joints project onto the mirrored 2D joints; principal point c_x' = W - 1 - c_x
+    np.testing.assert_allclose(_project(m.joints_3d, m.intrinsics), m.joints_2d, atol=1e-3)
+    assert m.intrinsics[0, 2] == pytest.approx(319.0 - 190.0) and m.intrinsics[1, 2] == pytest.approx(101.0)
+    assert m.intrinsics[0, 0] == pytest.approx(520.0) and m.intrinsics[0, 1] == pytest.approx(-3.0)
+    # the mesh is reflected like the joints and projects where the flipped image shows it
+    np.testing.assert_allclose(m.extra["verts_3d"], s.extra["verts_3d"] * np.float32([-1, 1, 1]))
+    np.testing.assert_allclose(_project(m.extra["verts_3d"], m.intrinsics)[:, 0],
+                               319.0 - _project(s.extra["verts_3d"], s.intrinsics)[:, 0], atol=1e-3)
+    assert m.extra["palm"][0] == pytest.approx(-s.extra["palm"][0])
+    # crop_affine maps the original pixels onto the mirrored sample's
+    np.testing.assert_allclose(transform_points(m.extra["crop_affine"], s.joints_2d), m.joints_2d, atol=1e-3)
+    # twice is the identity
+    mm = mirror_sample(m)
+    assert mm.side == "left" and mm.extra["mirrored"] is False
+    np.testing.assert_array_equal(mm.image, s.image)
+    np.testing.assert_allclose(mm.joints_2d, s.joints_2d, atol=1e-4)
+    np.testing.assert_allclose(mm.intrinsics, s.intrinsics, atol=1e-4)
+    np.testing.assert_allclose(mm.extra["crop_affine"], np.eye(3), atol=1e-6)
+
+
+def test_mirroring_the_crop_equals_cropping_the_mirrored_image():
+    """What preparation does (crop, then mirror about the crop's centre) = mirror the image, crop the mirrored
+    box: same pixels, joints, intrinsics."""
+    s = _left_sample(6)
+    box = crop_params(s.joints_2d)
+    a = mirror_sample(crop_sample(s, 96))
+    b = crop_sample(mirror_sample(s), 96, box=CropBox(319.0 - box.cx, box.cy, box.side))
+    assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_allclose(a.joints_2d, b.joints_2d, atol=1e-3)
+    np.testing.assert_allclose(a.intrinsics, b.intrinsics, atol=1e-3)
+    # a's affine maps original px; b's maps the mirrored image's px: F_S A = A_m F_W
+    np.testing.assert_allclose(a.extra["crop_affine"], b.extra["crop_affine"] @ mirror_matrix(320), atol=1e-4)
+    np.testing.assert_allclose(_project(a.joints_3d, a.intrinsics), a.joints_2d, atol=1e-3)
+    assert a.visibility.tolist() == b.visibility.tolist()
+    # Eq. 1 on the mirrored joints picks the mirrored box
+    mb = crop_params(mirror_sample(s).joints_2d)
+    assert (mb.cx, mb.cy, mb.side) == pytest.approx((319.0 - box.cx, box.cy, box.side), abs=1e-3)
 
 
 def test_normalize_zero_mean_unit_variance():

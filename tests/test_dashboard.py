@@ -58,7 +58,7 @@ def build_project(root: Path) -> dict:
     previous_uri = mlflow.get_tracking_uri()
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump({
-        "profile": "default", "model": TINY_MODEL,
+        "model": TINY_MODEL,
         "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "augment": False},
         "mlflow": {"tracking_uri": "sqlite:///runs/mlflow.db"}}))
     p = load_params(root / "params.yaml")
@@ -120,7 +120,9 @@ def build_project(root: Path) -> dict:
     log_gesture_cv(FOLD_ACC, np.asarray(CONFUSION), CLASSES, run_id=gid)
 
     # the files the evaluate / ablate / gesture_cv / report stages write
-    ev = {k: new["metrics"][k] for k in ("epe_mean", "epe_median", "auc", "count")}
+    from keyhand.metrics import SUMMARY_KEYS
+
+    ev = {k: new["metrics"][k] for k in SUMMARY_KEYS}
     metrics_dir = runs / "metrics"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     (metrics_dir / "evaluate.json").write_text(json.dumps({**ev, "dataset": "synth-stb/test"}))
@@ -198,6 +200,13 @@ def test_overview_page(app, project: dict) -> None:
     assert metrics["AUC 20-50 mm"] == f"{project['eval_new']['metrics']['auc']:.3f}"
     assert metrics["Gesture accuracy"] == f"{100 * np.mean(FOLD_ACC):.1f} % ± {100 * np.std(FOLD_ACC):.1f}"
     assert metrics["Ablation rows finished (latest sweep)"] == "3 / 4"
+    # beyond the paper, beside EPE / AUC: the synth-stb test split carries its generator meshes
+    m = project["eval_new"]["metrics"]
+    assert m["mesh_count"] == m["count"] == 4
+    assert metrics["EPE scale-aligned / Procrustes (mm)"] == f"{m['epe_scaled_mean']:.2f} / {m['epe_pa_mean']:.2f}"
+    assert metrics["F@5 / F@15 mm (joints)"] == f"{m['f5_joints']:.3f} / {m['f15_joints']:.3f}"
+    assert metrics["Mesh error root / Procrustes (mm)"] == f"{m['mesh_error_mean']:.2f} / {m['mesh_error_pa_mean']:.2f}"
+    assert metrics["F@5 / F@15 mm (mesh)"] == f"{m['f5_mesh']:.3f} / {m['f15_mesh']:.3f}"
     latest = _df(at, "latest run", "headline")
     by_exp = latest.set_index("experiment")
     assert by_exp.loc["keyhand-evaluate", "latest run"] == "evaluate"
@@ -249,6 +258,12 @@ def test_pck_page_compares_runs(app, project: dict) -> None:
     assert f"AUC {project['eval_new']['metrics']['auc']:.3f}" in line["name"]
     aucs = _df(at, "method", "AUC")
     assert len(aucs) == 17 + 2 and set(aucs["source"]) == {"paper", "ours"}
+    beyond = _df(at, "metric", "definition").set_index("metric")
+    label = line["name"].split(" (AUC")[0]
+    want = project["eval_new"]["metrics"]
+    assert beyond.loc["EPE, Procrustes-aligned", label] == pytest.approx(want["epe_pa_mean"])
+    assert beyond.loc["F@15 mm, mesh", label] == pytest.approx(want["f15_mesh"])
+    assert len(beyond.columns) == 1 + 2 + 1                 # unit, both runs, definition (metric: the index)
     assert aucs["AUC"].is_monotonic_decreasing
 
 
@@ -317,7 +332,7 @@ def test_every_page_without_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"profile": "default"}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"panels": 4}}))
     monkeypatch.setenv("KEYHAND_PARAMS", str(tmp_path / "params.yaml"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     st.cache_data.clear()
@@ -415,6 +430,18 @@ def test_comparison_frame_and_colours() -> None:
     t6 = {"columns": ["rwth"], "rows": [{"label": "x", "paper": {"rwth": 70.0}, "ours": {"rwth": 72.0},
                                          "diff": {"rwth": 2.0}}]}
     assert F.table6_frame(t6).iloc[0].tolist() == ["x", 70.0, 72.0, 2.0]
+
+
+def test_beyond_paper_frame() -> None:
+    from keyhand.metrics import SUMMARY_KEYS
+
+    assert set(F.BEYOND_PAPER) <= set(SUMMARY_KEYS)            # every row is a metric evaluate reports
+    frame = F.beyond_paper_frame({"run a": {"epe_pa_mean": 9.5, "f5_mesh": None}, "run b": {"f5_mesh": 0.25}})
+    assert frame.columns.tolist() == ["metric", "unit", "run a", "run b", "definition"]
+    rows = frame.set_index("metric")
+    assert rows.loc["EPE, Procrustes-aligned", "run a"] == 9.5 and rows.loc["EPE, Procrustes-aligned", "unit"] == "mm"
+    assert math.isnan(rows.loc["F@5 mm, mesh", "run a"]) and rows.loc["F@5 mm, mesh", "run b"] == 0.25
+    assert len(frame) == len(F.BEYOND_PAPER)
 
 
 def test_pck_and_auc_figures() -> None:

@@ -148,7 +148,7 @@ def test_every_page_in_chromium(server: dict, tmp_path: Path) -> None:
                 assert not page.locator("[data-testid='stAlertContentError']").count(), title
                 if title == "Overview":
                     assert body.get_by_text("keyhand results", exact=True).is_visible()
-                    assert page.locator("[data-testid='stMetricValue']").count() == 4
+                    assert page.locator("[data-testid='stMetricValue']").count() == 8   # the paper's + beyond it
                     assert page.locator("[data-testid='stDataFrame']").count() >= 1
                 elif title == "Tables":
                     assert body.get_by_text("Table 1: Semantic feature extractor ablation study").first.is_visible()
@@ -161,6 +161,7 @@ def test_every_page_in_chromium(server: dict, tmp_path: Path) -> None:
                     types = _trace_types(page)
                     assert types[0] == ["scatter"] and types[1] == ["bar"]
                     assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 1
+                    assert body.get_by_text("Beyond the paper", exact=True).is_visible()
                 elif title == "Gesture CV":
                     assert "heatmap" in sum(_trace_types(page), [])
                     assert body.get_by_text("Accuracy per fold").first.is_visible()

@@ -11,8 +11,6 @@ from keyhand.losses import (
     JOINTS_3D_UNIT_MM,
     LossInputError,
     LossWeights,
-    NonFiniteLossError,
-    check_finite,
     multitask_loss,
     resize_mask,
     sfe_loss,
@@ -51,7 +49,7 @@ def make_batch(**fields) -> dict[str, torch.Tensor]:
 
 def test_weights_defaults_and_validation():
     w = LossWeights()
-    assert w.joints_3d == 1.0 and w.reg == 0.01 and all(v >= 0 for v in w.as_dict().values())
+    assert w.joints_3d == 1.0 and w.mask == 0.01 and w.reg == 0.001 and all(v >= 0 for v in w.as_dict().values())
     for bad in (-1.0, float("nan"), float("inf"), "1", True):
         with pytest.raises(ValueError, match=r"LossWeights\.mask must be a finite number >= 0"):
             LossWeights(mask=bad)
@@ -273,23 +271,12 @@ def test_shape_errors_name_the_input():
 
 # ------------------------------------------------------------------------------------------- NaN detection
 
-def test_check_finite_one_line_naming_step_and_terms():
-    check_finite({"joints_3d": torch.tensor(1.0), "total": 2.0}, step=3)
-    terms = {"sfe": torch.tensor(0.5), "joints_3d": torch.tensor(float("nan")), "mask": torch.tensor(float("inf")),
-             "total": torch.tensor(float("nan"))}
-    with pytest.raises(NonFiniteLossError) as e:
-        check_finite(terms, step=17)
-    msg = str(e.value)
-    assert "\n" not in msg and "step 17" in msg
-    assert "joints_3d=nan" in msg and "mask=inf" in msg and "total=nan" in msg and "sfe" not in msg
-
-
 def test_nan_prediction_is_detected():
     pred = torch.zeros(B, J, 3)
     pred[0, 4, 1] = float("nan")
     _, terms = multitask_loss(make_out(joints_3d=pred), make_batch(), weights(joints_3d=1, reg=1))
-    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at step 5: joints_3d=nan, total=nan$"):
-        check_finite(terms, 5)
+    bad = sorted(k for k, v in terms.items() if not torch.isfinite(v))   # what the trainer's check names
+    assert bad == ["joints_3d", "total"]
 
 
 # ------------------------------------------------------------------------------------------- real Framework
@@ -310,7 +297,7 @@ def test_with_real_framework_tiny_config():
              "visibility": torch.ones(2, J), "has_mask": torch.tensor([1.0, 0.0]), "has_joints_2d": torch.ones(2),
              "has_joints_3d": torch.ones(2)}
     total, terms = multitask_loss(out, batch, LossWeights())
-    check_finite(terms, 0)
+    assert all(torch.isfinite(v) for v in terms.values())
     assert {"sfe", "heatmap", "silhouette", "joints_3d", "joints_2d", "mask", "reg", "total"} <= set(terms)
     total.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]

@@ -1,23 +1,32 @@
-"""keyhand.metrics: EPE / 3D PCK / AUC as lmb-freiburg/hand3d computes them, and gesture metrics."""
+"""keyhand.metrics: EPE / 3D PCK / AUC as lmb-freiburg/hand3d computes them, the aligned EPEs, F-scores and mesh
+errors beyond the paper (FreiHAND's definitions), and gesture metrics."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from scipy.linalg import orthogonal_procrustes
+from scipy.spatial.transform import Rotation
 
 from keyhand.metrics import (
     PCK_GRID_FULL_MM,
     PCK_THRESHOLDS_MM,
+    SCALE_BONE,
+    SUMMARY_KEYS,
     PoseEvaluator,
     accuracy,
     auc,
     confusion_matrix,
     epe,
+    f_scores,
     gesture_metrics,
     joint_errors,
     pck_curve,
     per_class_accuracy,
+    pose_metrics,
+    procrustes_align,
+    scale_align,
 )
 
 J = 21
@@ -145,6 +154,121 @@ def test_root_relative_and_errors():
     ev.update(gt, gt)
     ev.reset()
     assert ev.count == 0
+
+
+# --------------------------------------------------------------------------------------- beyond the paper
+
+def hand(seed: int = 0, n: int = 4, points: int = J) -> np.ndarray:
+    """(n, points, 3) mm: random hands in a camera frame (not centred, not planar)."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 40, (n, points, 3)) + np.array([20.0, -30.0, 550.0])
+
+
+def similarity(x: np.ndarray, seed: int, scale: float, about: np.ndarray | None = None) -> np.ndarray:
+    """x (n, P, 3) rotated (random), scaled by ``scale`` about ``about`` (default its first point) and moved."""
+    rng = np.random.default_rng(seed)
+    rot = Rotation.random(len(x), random_state=seed).as_matrix()
+    c = x[:, :1] if about is None else about
+    return scale * np.einsum("nij,npj->npi", rot, x - c) + c + rng.normal(0, 80, (len(x), 1, 3))
+
+
+def freihand_align_w_scale(mtx1: np.ndarray, mtx2: np.ndarray) -> np.ndarray:
+    """FreiHAND eval.py ``align_w_scale`` (gt, pred) -> pred aligned, transcribed as an independent reference
+    (orthogonal_procrustes: it would accept a reflection; the inputs here never need one)."""
+    t1, t2 = mtx1.mean(0), mtx2.mean(0)
+    a, b = mtx1 - t1, mtx2 - t2
+    s1, s2 = np.linalg.norm(a) + 1e-8, np.linalg.norm(b) + 1e-8
+    a, b = a / s1, b / s2
+    R, s = orthogonal_procrustes(a, b)
+    return np.dot(b, R.T) * s * s1 + t1
+
+
+def test_scale_aligned_epe_is_zero_for_a_scaled_copy_and_hand_computed():
+    gt = hand(1)
+    pred = (gt - gt[:, :1]) * 1.7 + 300.0                      # scaled about the root, moved
+    r = pose_metrics(pred, gt)
+    assert r["epe_scaled_mean"] == pytest.approx(0.0, abs=1e-9) and r["epe_mean"] > 5.0
+    assert r["epe_pa_mean"] == pytest.approx(0.0, abs=1e-9)
+    # by hand: gt bone 9 -> 10 of 10 mm, predicted bone 20 mm (scale 1/2); joint 4 off by 6 mm -> 3 mm
+    a, b = SCALE_BONE
+    g = np.zeros((1, J, 3))
+    g[0, 1:, 0] = np.arange(1, J) * 10.0
+    p = 2.0 * g
+    p[0, 4, 1] += 6.0
+    ps, gs = scale_align(p, g + 100.0)
+    assert np.linalg.norm(g[0, b] - g[0, a]) == pytest.approx(10.0)
+    err = np.linalg.norm(ps - gs, axis=-1)
+    assert err[0, 4] == pytest.approx(3.0) and np.delete(err[0], 4) == pytest.approx(np.zeros(J - 1), abs=1e-9)
+    assert pose_metrics(p, g)["epe_scaled_mean"] == pytest.approx(3.0 / J)
+
+
+def test_procrustes_epe_is_zero_for_a_rotated_scaled_copy():
+    gt = hand(2)
+    pred = similarity(gt, 3, 0.6)
+    r = pose_metrics(pred, gt)
+    assert r["epe_pa_mean"] == pytest.approx(0.0, abs=1e-8) and r["epe_pa_median"] == pytest.approx(0.0, abs=1e-8)
+    assert r["epe_scaled_mean"] > 5.0 and r["epe_mean"] > 5.0                  # rotation: only PA undoes it
+    assert r["f5_joints"] == pytest.approx(1.0) and r["f15_joints"] == pytest.approx(1.0)
+
+
+def test_procrustes_matches_freihand_and_refuses_reflections():
+    gt = hand(4, n=6)
+    noisy = similarity(gt, 5, 1.3) + np.random.default_rng(6).normal(0, 6, gt.shape)
+    ours = procrustes_align(noisy, gt)
+    ref = np.stack([freihand_align_w_scale(g, p) for g, p in zip(gt, noisy, strict=True)])
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+    # a mirror image is not a match: FreiHAND's transform would reflect it back, ours keeps det R = +1
+    mirrored = gt * np.array([-1.0, 1.0, 1.0])
+    assert pose_metrics(mirrored, gt)["epe_pa_mean"] > 5.0
+    assert np.allclose(freihand_align_w_scale(gt[0], mirrored[0]), gt[0], atol=1e-6)
+    # weights: fitted on the first 15 points only, the 6 others (moved) keep their own error
+    moved = gt.copy()
+    moved[:, 15:] += 50.0
+    al = procrustes_align(moved, gt, weights=(np.arange(J) < 15)[None].repeat(len(gt), 0))
+    np.testing.assert_allclose(al[:, :15], gt[:, :15], atol=1e-8)
+    np.testing.assert_allclose(np.linalg.norm(al[:, 15:] - gt[:, 15:], axis=-1), np.sqrt(3) * 50.0, rtol=1e-9)
+    # a degenerate prediction (one spot) lands on the ground truth's centroid
+    np.testing.assert_allclose(procrustes_align(np.zeros_like(gt), gt), gt.mean(1, keepdims=True).repeat(J, 1))
+
+
+def test_f_score_hand_computed():
+    gt = np.array([[[0.0, 0, 0], [10.0, 0, 0]]])
+    pred = np.array([[[0.0, 0, 3], [30.0, 0, 0]]])
+    # pred -> gt: 3, 20; gt -> pred: 3, 10. 5 mm: P = 1/2, R = 1/2, F = 1/2. 15 mm: P = 1/2, R = 1 -> 2/3.
+    np.testing.assert_allclose(f_scores(pred, gt, (5.0, 15.0)), [[0.5, 2 / 3]])
+    # strictly closer than the threshold (FreiHAND: d < th); no point close at all: F = 0
+    np.testing.assert_allclose(f_scores(pred, gt, (3.0, 1.0)), [[0.0, 0.0]])
+    # point sets, not correspondences: a permuted prediction scores the same; sizes may differ
+    np.testing.assert_allclose(f_scores(pred[:, ::-1], gt, (5.0, 15.0)), [[0.5, 2 / 3]])
+    assert f_scores(pred[:, :1], gt, (5.0,))[0, 0] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+
+
+def test_mesh_errors_and_summary_keys():
+    gt = hand(7, n=5)
+    gt_v = hand(8, n=5, points=50)
+    # a prediction off by a similarity (joints and mesh alike), then rooted elsewhere: PA mesh error 0, F = 1
+    both = similarity(np.concatenate([gt, gt_v], 1), 9, 0.8, about=gt[:, :1])
+    pred, pred_v = both[:, :J], both[:, J:]
+    ev = PoseEvaluator()
+    ev.update(pred[:3], gt[:3], pred_vertices=pred_v[:3], gt_vertices=gt_v[:3])
+    missing = gt_v[3:].copy()
+    missing[0] = np.nan                                        # sample 3 has no ground-truth mesh
+    ev.update(torch.from_numpy(pred[3:]), gt[3:], pred_vertices=torch.from_numpy(pred_v[3:]), gt_vertices=missing)
+    r = ev.compute()
+    assert set(SUMMARY_KEYS) <= set(r) and r["count"] == 5 and r["mesh_count"] == 4
+    assert r["mesh_error_pa_mean"] == pytest.approx(0.0, abs=1e-8) and r["mesh_error_mean"] > 5.0
+    assert r["f5_mesh"] == pytest.approx(1.0) and r["f15_mesh"] == pytest.approx(1.0)
+    # root-aligned: a translation of the whole prediction changes nothing; a mesh offset of 4 mm shows as 4 mm
+    shifted = pose_metrics(gt + 70.0, gt, pred_vertices=gt_v + 70.0 + np.array([0.0, 0.0, 4.0]), gt_vertices=gt_v)
+    assert shifted["mesh_error_mean"] == pytest.approx(4.0) and shifted["mesh_error_pa_mean"] == pytest.approx(0.0)
+    assert shifted["epe_mean"] == pytest.approx(0.0) and shifted["mesh_count"] == 5
+    # without meshes: NaN (not logged), count 0
+    plain = pose_metrics(pred, gt)
+    assert plain["mesh_count"] == 0 and np.isnan(plain["mesh_error_mean"]) and np.isnan(plain["f5_mesh"])
+    with pytest.raises(ValueError, match="pred_vertices"):
+        pose_metrics(pred, gt, pred_vertices=pred_v[:, :10], gt_vertices=gt_v)
+    # F thresholds are configurable and name their keys
+    assert "f10_joints" in PoseEvaluator(f_thresholds_mm=(10.0,)).compute()
 
 
 def test_gesture_metrics_hand_computed():

@@ -3,8 +3,6 @@ gradient flow, initial prediction, Eq. 6 consistency, config validation, profili
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -28,7 +26,7 @@ B = 2
 
 
 def tiny(**kw) -> ModelConfig:
-    return dataclasses.replace(TINY, **kw)
+    return TINY.replace(**kw)
 
 
 def build(**kw) -> Framework:
@@ -277,3 +275,43 @@ def test_bench_model_table():
     table = bench_model.format_table(rows)
     print(table)
     assert table.count("\n") == 5 and "| micro |" in table
+
+
+def test_rotation_representations_agree():
+    """6D (Zhou et al.) and axis-angle give the same HE output for the same rotation; 6D identity at init."""
+    from keyhand.geometry.mano import rot6d_to_matrix, rotation_matrix
+
+    aa = torch.randn(B, 3, generator=torch.Generator().manual_seed(1)) * 1.5
+    R = axis_angle_to_matrix(aa)
+    r6 = torch.cat([R[..., 0], R[..., 1]], -1) * 3.0                 # scale does not matter
+    assert torch.allclose(rot6d_to_matrix(r6), R, atol=1e-5)
+    assert torch.allclose(rotation_matrix(torch.tensor([[1.0, 0, 0, 0, 1, 0]])), torch.eye(3)[None])
+    with pytest.raises(ValueError, match="3 .axis-angle. or 6"):
+        rotation_matrix(torch.zeros(1, 4))
+    he = HandEstimator(pca_comps=15, image_size=64, render_size=16)
+    kw = dict(t=torch.zeros(B, 2), s=torch.full((B, 1), S_INIT), theta=torch.randn(B, 15) * 0.3,
+              beta=torch.randn(B, 10) * 0.5)
+    a, b = he(ViewParams(rot=aa, **kw)), he(ViewParams(rot=r6, **kw))
+    assert torch.allclose(a.joints_3d, b.joints_3d, atol=1e-3) and torch.equal(a.silhouette, b.silhouette)
+    out = build(rot_repr="6d")(image())
+    assert tuple(out.rot.shape) == (B, 6) and torch.allclose(rotation_matrix(out.rot), torch.eye(3), atol=0.05)
+
+
+def test_direct_regression_control():
+    """estimator="direct": same SFE/VE, a 63-output head starting at the mean hand; joints only; trains."""
+    from keyhand.losses import LossWeights, multitask_loss
+
+    model, mano = build(estimator="direct"), build()
+    out = model(image())
+    assert tuple(out.joints_3d.shape) == (B, 21, 3) and out.vertices is None and out.theta is None
+    assert model.ve.head is None and model.direct.out_features == 63
+    rest = mano.he.rest_joints()
+    assert (out.joints_3d - rest).norm(dim=-1).max() < 5.0           # starts at the mean hand (mm)
+    batch = {"joints_3d": torch.randn(B, 21, 3) * 40, "heatmaps": torch.rand(B, 21, 16, 16),
+             "mask": torch.rand(B, 1, 64, 64), "image": image()}
+    w = LossWeights(joints_2d=0, mask=0, reg=0)
+    loss, terms = multitask_loss(out, batch, w)
+    loss.backward()
+    assert model.direct.weight.grad.abs().sum() > 0 and set(terms) >= {"joints_3d", "sfe"}
+    with pytest.raises(ValueError, match="joints_2d"):
+        multitask_loss(model(image()), batch, LossWeights())

@@ -27,14 +27,45 @@ def test_committed_params_file_is_the_default_profile_in_full() -> None:
 
 
 def test_paper_profile_is_the_papers_protocol() -> None:
-    p = Params(profile="paper")
+    p = Params.for_profile("paper")
     for stage, epochs in (("sfe", 60), ("train", 80)):                     # §4.3.1: 60 ObMan, 80 STB
         st = p.stage(stage)
         assert (st.batch_size, st.lr, st.weight_decay, st.epochs) == (6, 1e-4, 1e-5, epochs)
     assert p.model.image_size == 256 and p.model.sfe_channels == 256 and p.model.ve_input_size == 256
     assert p.data.synthetic.stb == {"train": 15000, "test": 3000} and p.cv.folds == 10
-    # what a file states wins over the profile
-    assert Params(profile="paper", train={"epochs": 3}).train.epochs == 3
+    # what a file states wins over the profile; what it leaves out comes from the default profile
+    assert Params.for_profile("paper", {"train": {"epochs": 3}}).train.epochs == 3
+    assert Params.model_validate({"train": {"epochs": 3}}).model == Params().model
+
+
+def test_no_key_does_nothing_profile_is_refused(tmp_path: Path) -> None:
+    """A file naming a profile would silently keep every key it states: refused with one line saying how to
+    write that profile in full."""
+    path = _write(tmp_path, "profile: paper\nmodel: {image_size: 128}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(path) in str(err.value) and "keyhand params write --profile paper" in str(err.value)
+    assert "profile" not in yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_overrides_are_dotted_keys_or_sections(tmp_path: Path) -> None:
+    path = _write(tmp_path, "train: {epochs: 5}\n")
+    p = load_params(path, {"train.epochs": 2, "sweep": {"epochs": 3}, "model.pca_comps": 15})
+    assert (p.train.epochs, p.sweep.epochs, p.model.pca_comps) == (2, 3, 15)
+    with pytest.raises(ParamsError, match=r"model\.pca_comps: must be less than or equal to 45"):
+        load_params(path, {"model.pca_comps": 46})
+
+
+def test_one_merge_helper_serves_params_profiles_and_sweeps() -> None:
+    import trainers.sweep as sweep
+    from keyhand.config import apply_overrides, merge
+
+    assert sweep.apply_overrides is apply_overrides
+    base = {"model": {"sfe": "none", "pca_comps": 45}, "loss": {"reg": 0.01}}
+    assert apply_overrides(base, {"model.sfe": "heatmaps", "loss": {"reg": 0.0}}) == \
+        {"model": {"sfe": "heatmaps", "pca_comps": 45}, "loss": {"reg": 0.0}}
+    assert merge(base, {"model": {"pca_comps": 15}})["model"] == {"sfe": "none", "pca_comps": 15}
+    assert base["model"]["sfe"] == "none"                                      # inputs are never changed
 
 
 @pytest.mark.parametrize("text, key", [
@@ -46,6 +77,9 @@ def test_paper_profile_is_the_papers_protocol() -> None:
     ("data: {source: real}\n", "data.obman.root must be set"),
     ("cv: {test_fraction: 1.5}\n", "cv.test_fraction"),
     ("profile: huge\n", "profile:"),
+    ("model: {ve_blocks: 9}\n", "model.ve_blocks: must be less than or equal to 6"),
+    ("model: {image_size: 96}\n", "model.image_size: must be 16 * 2^k"),
+    ("loss: {reg: -1}\n", "loss.reg: must be greater than or equal to 0"),
 ])
 def test_bad_params_one_line_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
     path = _write(tmp_path, text)
@@ -68,7 +102,11 @@ def test_write_keeps_local_settings_and_leaves_a_bad_file_untouched(tmp_path: Pa
     path = _write(tmp_path, "model: {mano_path: /opt/mano}\nray: {address: auto}\ntrain: {epochs: 99}\n")
     p = write_params(path, "paper")
     assert p.model.mano_path == "/opt/mano" and p.ray.address == "auto" and p.train.epochs == 80
-    assert load_params(path) == p and yaml.safe_load(path.read_text())["profile"] == "paper"
+    assert load_params(path) == p and "profile" not in yaml.safe_load(path.read_text())
+    assert p.model.image_size == 256 and p.data.synthetic.stb["train"] == 15000     # the paper's, in full
+    old = _write(tmp_path, "profile: default\nray: {address: auto}\n")            # a file of the old format
+    assert write_params(old, "default").ray.address == "auto" and load_params(old) == Params.for_profile(
+        "default", {"ray": {"address": "auto"}})
     bad = _write(tmp_path, "train: {lrr: 1}\n")
     with pytest.raises(ParamsError, match="train.lrr"):
         write_params(bad, "default")
@@ -118,9 +156,9 @@ def test_cli_params_and_stage_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     path = tmp_path / "p.yaml"
     r = runner.invoke(app, ["params", "write", "--profile", "paper", "--params", str(path)])
-    assert r.exit_code == 0 and load_params(path).profile == "paper"
+    assert r.exit_code == 0 and load_params(path) == Params.for_profile("paper")
     r = runner.invoke(app, ["params", "show", "--params", str(path)])
-    assert r.exit_code == 0 and "profile: paper" in r.output
+    assert r.exit_code == 0 and "image_size: 256" in r.output and "\nprofile:" not in r.output
     bad = _write(tmp_path, "sweep: {ablaton: 1}\n")
     r = runner.invoke(app, ["stage", "train", "--params", str(bad)])
     assert r.exit_code == 2 and "sweep.ablaton: unknown key" in r.output and len(r.output.strip().splitlines()) == 1
@@ -154,7 +192,7 @@ def test_cli_sweep_unreachable_address_one_line(tmp_path: Path, monkeypatch) -> 
     from pipeline.cli import app
 
     monkeypatch.chdir(tmp_path)
-    path = _write(tmp_path, "profile: default\n")
+    path = _write(tmp_path, "evaluate: {panels: 1}\n")
     for what in ("ablation", "gesture-cv", "search"):
         r = CliRunner().invoke(app, ["sweep", what, "--address", "ray://127.0.0.1:1", "--params", str(path)])
         assert r.exit_code == 2 and f"sweep {what}:" in r.output and "127.0.0.1:1" in r.output

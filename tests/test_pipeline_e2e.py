@@ -1,6 +1,7 @@
-"""End to end: `dvc repro` of a tiny profile in a copy of the repository, then metrics, plots, MLflow, report.
+"""End to end: `dvc repro` of a tiny profile in a copy of the repository, then metrics, plots, MLflow, report,
+and the two ways a persisted run folder could report stale weights as a new experiment (run identity).
 
-One test, marked slow (it still runs in CI): about two minutes on 2 cores.
+One repository copy for the module, marked slow (they still run in CI): about three minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 TINY = {
-    "profile": "default",
     "data": {"synthetic": {"height": 96, "width": 96, "obman": {"train": 12}, "stb": {"train": 12, "test": 6},
                            "gestures": {"all": 24}, "subjects": 2}},
     "prepare": {"mask_workers": 1},
@@ -110,3 +110,55 @@ def test_dvc_exp_run_reruns_only_what_changed(project: tuple[Path, dict]) -> Non
     assert "Running stage 'evaluate'" in text and "Running stage 'train'" not in text
     assert "Running stage 'synthetic'" not in text
     assert len(list((repo / "runs/evaluate/panels").glob("*.png"))) == 2
+
+
+def _train_state(repo: Path) -> tuple[dict, dict]:
+    """(weights of runs/train's last checkpoint, runs/metrics/train.json)."""
+    import torch
+
+    from trainers.checkpoint import latest
+
+    ckpt = torch.load(latest(repo / "runs/train"), map_location="cpu", weights_only=True)
+    return ckpt["model"], json.loads((repo / "runs/metrics/train.json").read_text())
+
+
+def _same(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_new_pretrained_sfe_retrains_the_train_stage(project: tuple[Path, dict]) -> None:
+    """`dvc exp run -S sfe.epochs=...`: the SFE the train stage starts from changes, so does its run identity:
+    train trains afresh (never "resumes" its finished run) and reports new weights and metrics."""
+    repo, env = project
+    weights, metrics = _train_state(repo)
+    out = _run(["dvc", "exp", "run", "-S", "sfe.epochs=2", "train"], repo, env)
+    text = out.stdout + out.stderr
+    assert "Running stage 'pretrain_sfe'" in text and "Running stage 'train'" in text
+    new_weights, new_metrics = _train_state(repo)
+    assert new_metrics["identity"] != metrics["identity"] and not _same(weights, new_weights)
+    assert new_metrics["val/epe_mean"] != metrics["val/epe_mean"] and new_metrics["epochs"] == TINY["train"]["epochs"]
+    assert len(json.loads((repo / "runs/metrics/pretrain_sfe_history.json").read_text())) == 2
+
+
+@pytest.mark.slow
+def test_fewer_train_epochs_give_the_weights_of_a_fresh_run(project: tuple[Path, dict],
+                                                             tmp_path: Path) -> None:
+    """`dvc exp run -S train.epochs=1` after a 2-epoch run: the model of a fresh 1-epoch run (bitwise on CPU),
+    never the longer run's; the fresh run is `keyhand train` on the same params.yaml (one orchestration path)."""
+    repo, env = project
+    _run(["dvc", "exp", "run", "-S", "train.epochs=2", "train"], repo, env)
+    two, two_metrics = _train_state(repo)
+    _run(["dvc", "exp", "run", "-S", "train.epochs=1", "train"], repo, env)
+    one, one_metrics = _train_state(repo)
+    assert one_metrics["epochs"] == 1 and not _same(one, two)
+    assert len(json.loads((repo / "runs/metrics/train_history.json").read_text())) == 1
+    fresh = tmp_path / "fresh"
+    _run(["keyhand", "train", "--out", str(fresh), "--device", "cpu"], repo, env)
+    import torch
+
+    ckpt = torch.load(fresh / "epoch-0000.pt", map_location="cpu", weights_only=True)
+    assert ckpt["params_hash"] == one_metrics["identity"] and _same(ckpt["model"], one)
+    assert ckpt["metrics"]["val/epe_mean"] == one_metrics["val/epe_mean"]

@@ -1,7 +1,10 @@
-"""Dataset readers (paper §4.1.1-4.1.4) on tiny fixtures written in each dataset's genuine layout."""
+"""Dataset readers (paper §4.1.1-4.1.4) on tiny fixtures written in each dataset's genuine layout, and what
+preparation does with them: STB's left hand mirrored into a right one, the gesture crops enlarged once by 20 %,
+the synthetic sets' ground-truth meshes."""
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import warnings
@@ -14,7 +17,9 @@ import scipy.io
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from keyhand.data.cache import PreparedDataset
 from keyhand.data.obman import OBMAN_INTRINSICS, ObManReader
+from keyhand.data.prepare import box_to_crop, prepare_split, read_split_vertices
 from keyhand.data.readers import READERS, DatasetReader, holdout_split, open_dataset, project
 from keyhand.data.record import JOINT_NAMES, AnnotationError, DatasetError, DatasetNotFoundError, HandSample
 from keyhand.data.rwth import RWTH_STATIC, RWTHReader
@@ -228,6 +233,33 @@ def test_stb_frame_order_and_projection(stb_root: Path) -> None:
     np.testing.assert_allclose(w.extra["palm"], truth[0], atol=1e-3)
 
 
+def test_stb_left_hand_is_mirrored_at_preparation(stb_root: Path, tmp_path: Path) -> None:
+    """STB shows a left hand, the model is the right MANO: preparation mirrors image, 2D, 3D and intrinsics so
+    that the mirrored 3D joints still project onto the mirrored 2D joints."""
+    ramp = np.broadcast_to(np.linspace(0, 255, 640)[None, :, None], (480, 640, 3)).astype(np.uint8)
+    Image.fromarray(ramp).save(stb_root / "images" / "B1Counting" / "SK_color_0.png")   # left dark, right bright
+    assert {s.side for s in STBReader(stb_root, "test")} == {"left"}
+    mirrored, stats = prepare_split(STBReader(stb_root, "test"), tmp_path / "m", image_size=64)
+    kept, kept_stats = prepare_split(STBReader(stb_root, "test"), tmp_path / "k", image_size=64, mirror_to=None)
+    assert stats.mirrored == 4 and kept_stats.mirrored == 0 and stats.meshes == 0
+    assert read_split_vertices(tmp_path / "m") is None                # real STB has no mesh
+    assert mirrored["params"]["crop"]["mirror_to"] == "right" and mirrored["params_hash"] != kept["params_hash"]
+    dm, dk = PreparedDataset(tmp_path / "m"), PreparedDataset(tmp_path / "k")
+    for i in range(4):
+        a, b = dm.raw(i), dk.raw(i)
+        np.testing.assert_allclose(a["joints_3d"], b["joints_3d"] * np.float32([-1, 1, 1]))   # X -> -X
+        np.testing.assert_allclose(a["joints_2d"][:, 0], 63.0 - b["joints_2d"][:, 0], atol=1e-3)  # about the
+        np.testing.assert_allclose(a["joints_2d"][:, 1], b["joints_2d"][:, 1], atol=1e-3)         # crop centre
+        np.testing.assert_allclose(project(a["joints_3d"], a["intrinsics"]), a["joints_2d"], atol=2e-3)
+        np.testing.assert_allclose(project(b["joints_3d"], b["intrinsics"]), b["joints_2d"], atol=2e-3)
+        np.testing.assert_array_equal(a["images"], b["images"][:, ::-1])
+        np.testing.assert_array_equal(a["visibility"], b["visibility"])
+    ramp_m, ramp_k = (np.asarray(d.raw(0)["images"])[32, :, 0].astype(int) for d in (dm, dk))
+    assert ramp_k[-1] - ramp_k[0] > 5 and ramp_m[0] - ramp_m[-1] > 5    # the ramp really runs the other way
+    with pytest.raises(ValueError, match="mirror_to"):
+        prepare_split(STBReader(stb_root, "test"), tmp_path / "x", image_size=64, mirror_to="up")
+
+
 def test_stb_bad_annotation(stb_root: Path) -> None:
     path = stb_root / "labels" / "B1Random_SK.mat"
     scipy.io.savemat(path, {"handPara": np.zeros((3, 20, 2))})
@@ -277,19 +309,24 @@ def rwth_root(tmp_path: Path) -> Path:
 
 
 def test_rwth_classes_subjects_and_split(rwth_root: Path) -> None:
-    r = RWTHReader(rwth_root, "all")
-    assert len(r) == 13 and len(RWTHReader(rwth_root, "all", static_only=False)) == 14
-    assert len(RWTHReader(rwth_root, "all", camera="cam1")) == 12
+    r = RWTHReader(rwth_root, "all")          # one camera by default (the paper's 1,160 images)
+    assert len(r) == 12 and {r[i].extra["camera"] for i in range(len(r))} == {"cam1"}
+    assert len(RWTHReader(rwth_root, "all", camera="both")) == 13
+    assert len(RWTHReader(rwth_root, "all", camera=None)) == 13
+    assert len(RWTHReader(rwth_root, "all", camera="cam2")) == 1
+    assert len(RWTHReader(rwth_root, "all", static_only=False)) == 13   # + J (motion) of cam1
+    with pytest.raises(ValueError, match="camera must be"):
+        RWTHReader(rwth_root, "all", camera="webcam")
     s = r[r.keys.index("images/2_27_1_cam1.png")]
     assert (s.gesture, s.gesture_name, s.subject) == (RWTH_STATIC.index("SCH"), "SCH", "P02")
     assert s.joints_3d is None and s.extra["session"] == 1 and s.extra["camera"] == "cam1"
     assert r[r.keys.index("images/1_1_2_cam1.png")].gesture == 0 and len(RWTH_STATIC) == 30
     train, test = RWTHReader(rwth_root, "train"), RWTHReader(rwth_root, "test")
-    assert len(train) + len(test) == 13 and not set(train.keys) & set(test.keys) and len(test) == 2
+    assert len(train) + len(test) == 12 and not set(train.keys) & set(test.keys) and len(test) == 2
 
 
 def test_rwth_video_middle_frame(rwth_root: Path) -> None:
-    r = RWTHReader(rwth_root, "all")
+    r = RWTHReader(rwth_root, "all", camera="cam2")
     s = r[r.keys.index("video/3_3_1_cam2.avi")]
     assert s.gesture_name == "C" and s.extra["frame"] == 2 and s.image.shape == (24, 32, 3)
     assert abs(float(s.image.mean()) - 80) < 6
@@ -297,19 +334,38 @@ def test_rwth_video_middle_frame(rwth_root: Path) -> None:
 
 def test_rwth_hand_box(rwth_root: Path) -> None:
     r = RWTHReader(rwth_root, "all")
-    box = r.hand_box(r[0], pad=0.0)
+    box = r.hand_box(r[0])                                         # tight by default
     assert box is not None and np.allclose(box, (20, 10, 36, 30), atol=1)
+    padded = r.hand_box(r[0], pad=0.1)
+    assert padded[0] < box[0] and padded[3] > box[3]
     blank = HandSample(image=np.zeros((48, 64, 3), np.uint8), key="x", source="rwth")
     assert r.hand_box(blank) is None
+
+
+def test_gesture_crop_is_the_hand_box_enlarged_once_by_20_percent(rwth_root: Path, tmp_path: Path) -> None:
+    """README: the square around the hand box, enlarged by 20 % (once: the box itself is not padded)."""
+    r = RWTHReader(rwth_root, "all")
+    assert box_to_crop(r.hand_box(r[0]), 0.2).side == pytest.approx(1.2 * 20)   # box 16 x 20 px
+    _, stats = prepare_split(r, tmp_path / "rwth", image_size=48, enlarge=0.2)
+    assert stats.by_hand_box == 12 and stats.whole_image == 0 and stats.mirrored == 0
+    crop = np.asarray(PreparedDataset(tmp_path / "rwth").raw(0)["images"]).astype(np.float64)
+    # skin fraction of each pixel (red: background 40, skin 220; bilinear resampling keeps it linear)
+    frac = (crop[..., 0] - BACKGROUND[0]) / (SKIN[0] - BACKGROUND[0])
+    # the 20 x 16 px blob spans 20 / 24 of the crop's 48 rows and 16 / 24 of its columns, centred (15 % per
+    # side and then 20 % would give 20 / 31.2 of them)
+    assert frac[:, 24].sum() == pytest.approx(48 * 20 / 24, abs=0.3)
+    assert frac[24, :].sum() == pytest.approx(48 * 16 / 24, abs=0.3)
+    rows = frac.sum(1)
+    assert np.flatnonzero(rows > 0.5).mean() == pytest.approx(23.5, abs=0.3)
 
 
 def test_rwth_bad_name_and_corrupt(rwth_root: Path) -> None:
     bad = rwth_root / "images" / "1_2_2_cam1.png"
     corrupt(bad)
-    check_skip_policy(lambda **kw: RWTHReader(rwth_root, "all", **kw), bad, 13)
+    check_skip_policy(lambda **kw: RWTHReader(rwth_root, "all", **kw), bad, 12)
     (rwth_root / "video" / "4_1_1_cam2.avi").write_bytes(b"not a video")
     with pytest.raises(DatasetError, match="4_1_1_cam2.avi: cannot decode video"):
-        r = RWTHReader(rwth_root, "all")
+        r = RWTHReader(rwth_root, "all", camera="both")
         r[r.keys.index("video/4_1_1_cam2.avi")]
     (rwth_root / "images" / "holiday.png").write_bytes(b"")
     with pytest.raises(AnnotationError, match="holiday.png: field 'file name'"):
@@ -355,13 +411,13 @@ def test_senz3d_labels_depth_and_split(senz_root: Path) -> None:
 
 def test_senz3d_hand_box(senz_root: Path) -> None:
     r = Senz3DReader(senz_root, "all")
-    box = r.hand_box(r[0], pad=0.0)
+    box = r.hand_box(r[0])                                         # tight by default
     focal = lambda n, fov: (n / 2) / math.tan(math.radians(fov) / 2)  # noqa: E731
     sx, sy = focal(640, 63.2) / focal(320, 74.0), focal(480, 49.3) / focal(240, 58.0)
     x0, y0, x1, y1 = HAND_DEPTH_BOX
     expect = (320 + sx * (x0 - 160), 240 + sy * (y0 - 120), 320 + sx * (x1 - 160), 240 + sy * (y1 - 120))
     assert box is not None and np.allclose(box, expect, atol=1.5)
-    padded = r.hand_box(r[0])
+    padded = r.hand_box(r[0], pad=0.1)
     assert padded[0] < box[0] and padded[3] > box[3]
     assert r.hand_box(HandSample(image=np.zeros((4, 4, 3), np.uint8), key="x", source="senz3d")) is None
 
@@ -375,3 +431,47 @@ def test_senz3d_bad_depth_and_corrupt(senz_root: Path) -> None:
     bad = senz_root / "S2" / "G1" / "2-color.png"
     corrupt(bad)
     check_skip_policy(lambda **kw: Senz3DReader(senz_root, "all", **kw), bad, 12)
+
+
+# ------------------------------------------------------------------------------------- synthetic meshes
+
+def test_synthetic_ground_truth_mesh_through_preparation(tmp_path: Path) -> None:
+    """The synthetic sets' meshes, rebuilt from their generator parameters, land where the image shows the hand
+    and travel with the prepared split (vertices.npy, same camera frame as joints_3d, checked hash)."""
+    from keyhand.data.cache import CacheError
+    from keyhand.data.synthetic import SyntheticReader, generate
+
+    root = generate("synth-stb", tmp_path / "synth", {"test": 3}, seed=0, image_size=(96, 128))
+    reader = SyntheticReader(root, "test")
+    for i in range(3):
+        s, verts = reader[i], reader.vertices(i)
+        assert verts.shape == (778, 3) and verts.dtype == np.float32
+        uv = np.clip(np.round(project(verts, s.intrinsics)).astype(int), 0, [127, 95])
+        hand = (s.mask | s.extra["object_mask"]).astype(np.uint8)      # the rendered silhouette
+        off = cv2.distanceTransform(1 - hand, cv2.DIST_L2, 5)[uv[:, 1], uv[:, 0]]
+        assert off.max() <= 1.5                                       # every vertex on (or at the rim of) it
+    _, none = prepare_split(reader, tmp_path / "prep", image_size=64, meshes=False)
+    assert none.meshes == 0 and read_split_vertices(tmp_path / "prep") is None
+    manifest, stats = prepare_split(reader, tmp_path / "prep", image_size=64)
+    assert stats.meshes == 3
+    verts = read_split_vertices(tmp_path / "prep")
+    ds = PreparedDataset(tmp_path / "prep")
+    for i in range(3):
+        np.testing.assert_allclose(verts[i], reader.vertices(i), atol=1e-4)
+        # crop intrinsics map the (unchanged) camera-frame mesh into the crop like the joints
+        raw = ds.raw(i)
+        np.testing.assert_allclose(project(raw["joints_3d"], raw["intrinsics"]), raw["joints_2d"], atol=2e-3)
+    assert read_split_vertices(None) is None
+    # a stale file (another preparation) is refused with one line
+    (tmp_path / "prep" / "vertices.json").write_text(json.dumps({"split_params_hash": "0" * 16, "count": 3}))
+    with pytest.raises(CacheError, match="another preparation"):
+        read_split_vertices(tmp_path / "prep")
+    # the generator parameters must reproduce the joints with the hand model, or no mesh is claimed
+    ann = json.loads((root / "test" / "000001.json").read_text())
+    ann["betas"] = [b + 1.0 for b in ann["betas"]]
+    (root / "test" / "000001.json").write_text(json.dumps(ann))
+    with pytest.raises(DatasetError, match="000001.json: the generator parameters do not reproduce"):
+        SyntheticReader(root, "test").vertices(1)
+    with pytest.warns(UserWarning, match="no ground-truth meshes"):
+        _, stats = prepare_split(SyntheticReader(root, "test"), tmp_path / "prep", image_size=64)
+    assert stats.meshes == 0 and read_split_vertices(tmp_path / "prep") is None

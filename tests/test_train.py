@@ -27,22 +27,20 @@ from trainers.config import (
     PROFILES,
     ConfigError,
     LossSection,
-    ModelSection,
     TrainConfig,
     load_config,
     run_hash,
 )
 from trainers.device import EpochSampler, amp_dtype, resolve_device
+from trainers.gesture import build_classifier, fit_gesture, num_gesture_classes
 from trainers.train import (
     FitError,
     NonFiniteLossError,
-    build_classifier,
     build_framework,
     evaluate,
     fit,
     make_loader,
     make_loaders,
-    num_gesture_classes,
 )
 
 TINY_MODEL = {"image_size": 64, "sfe_channels": 16, "ve_input_size": 32, "dense_scale": 1 / 64, "render_size": 32}
@@ -111,9 +109,9 @@ def test_config_wrong_type_is_one_line_naming_it(tmp_path: Path) -> None:
     p.write_text("train:\n  lr: fast\nmodel:\n  image_size: 64\n")
     with pytest.raises(ConfigError) as e:
         load_config(p)
-    assert str(e.value).startswith(f"{p}: train.lr: Input should be a valid number") and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{p}: train.lr: must be a valid number") and "\n" not in str(e.value)
     p.write_text("model: {sfe: bogus}\n")
-    with pytest.raises(ConfigError, match=r"model\.sfe: Input should be 'none', 'heatmaps' or"):
+    with pytest.raises(ConfigError, match=r"model\.sfe: must be 'none', 'heatmaps' or"):
         load_config(p)
     p.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -122,25 +120,58 @@ def test_config_wrong_type_is_one_line_naming_it(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
-def test_config_profiles_and_mirrors() -> None:
+def test_config_profiles_and_one_schema() -> None:
     from dataclasses import fields
 
     from keyhand.losses import LossWeights
     from keyhand.model.framework import ModelConfig
 
-    paper = TrainConfig(profile="paper")
+    paper = TrainConfig.for_profile("paper")
     for stage, epochs in (("sfe", 60), ("train", 80)):   # §4.3.1
         st = paper.stage(stage)
         assert (st.batch_size, st.lr, st.weight_decay, st.epochs) == (6, 1e-4, 1e-5, epochs)
-    assert paper.model.to_model_config() == ModelConfig()           # the paper's architecture
-    assert set(ModelSection.model_fields) == {f.name for f in fields(ModelConfig)}
-    assert LossSection().to_loss_weights() == LossWeights()         # same fields, same defaults
-    cfg = load_config(None, {"profile": "paper", "train": {"epochs": 3}})
+    assert paper.model == ModelConfig() and type(paper.model) is ModelConfig   # the one model schema
+    assert set(LossSection.model_fields) == {f.name for f in fields(LossWeights)}
+    assert LossSection().to_loss_weights() == LossWeights()         # generated from LossWeights: same defaults
+    cfg = TrainConfig.for_profile("paper", {"train": {"epochs": 3}})
     assert cfg.train.epochs == 3 and cfg.train.batch_size == 6
+    assert load_config(None, {"train.epochs": 3}).train.batch_size == 16     # what is left out: default profile
     assert set(PROFILES) == {"paper", "default"}
-    # epochs / workers are not part of the run hash (resume with more epochs), the learning rate is
+    # epochs / workers are not part of the run hash (continue with more epochs), the learning rate is
     assert run_hash(cfg, "train") == run_hash(cfg.with_overrides(train={"epochs": 9, "num_workers": 2}), "train")
-    assert run_hash(cfg, "train") != run_hash(cfg.with_overrides(train={"lr": 1e-3}), "train")
+    assert run_hash(cfg, "train") != run_hash(cfg.with_overrides({"train.lr": 1e-3}), "train")
+    # so are the inputs: data content and starting weights
+    assert run_hash(cfg, "train", {"init": "a"}) != run_hash(cfg, "train", {"init": "b"})
+
+
+def test_a_new_model_field_reaches_the_params_schema_and_the_run_hash() -> None:
+    """ModelConfig is the schema: a field added to it is in params.yaml's model section and in the hash."""
+    from typing import Literal
+
+    from pydantic import create_model
+
+    from keyhand.model.framework import ModelConfig
+    from pipeline.params import Params, render_params
+
+    assert set(Params.model_fields["model"].annotation.model_fields) == set(ModelConfig.model_fields)
+    assert set(yaml.safe_load(render_params(Params()))["model"]) == set(ModelConfig.model_fields)
+    Extended = create_model("Extended", __base__=ModelConfig, new_switch=(Literal["a", "b"], "a"))
+
+    class Cfg(TrainConfig):
+        model: Extended = Extended()  # type: ignore[valid-type]
+
+    a, b = Cfg(), Cfg.model_validate({"model": {"new_switch": "b"}})
+    assert run_hash(a, "train") != run_hash(b, "train")
+    with pytest.raises(ValueError, match=r"model\.new_switch: must be 'a' or 'b', got 'c'"):
+        Cfg.model_validate({"model": {"new_switch": "c"}})
+
+
+def test_profile_key_is_refused_with_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "params.yaml"
+    p.write_text("profile: paper\ntrain: {epochs: 2}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "\n" not in str(e.value) and "keyhand params write --profile paper" in str(e.value)
 
 
 def test_device_defaults() -> None:
@@ -178,7 +209,6 @@ def test_checkpoint_round_trip_and_hash_check(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(path, params_hash="h2")
     assert "\n" not in str(e.value) and "h1" in str(e.value) and "h2" in str(e.value)
-    assert load_checkpoint(path, params_hash="h2", force=True)["epoch"] == 0
     for epoch in (1, 2, 3):
         save_checkpoint(tmp_path, epoch=epoch, model=model, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["epoch-0002.pt", "epoch-0003.pt"]
@@ -229,23 +259,55 @@ def test_resume_after_interrupted_epoch_matches_uninterrupted(stb, tmp_path: Pat
     with pytest.raises(_Interrupt):                            # killed after the first step of epoch 2
         fit("train", model, loaders, cfg, tmp_path / "b", callbacks=[_StopAt(3)], progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["epoch-0000.pt"]
-    with pytest.raises(FitError, match="--resume"):
-        fit("train", build_framework(cfg), loaders, cfg, tmp_path / "b", progress=False)
-    resumed = build_framework(cfg, seed=123)                   # other init: everything comes from the checkpoint
-    epochs_seen = []
-    result = fit("train", resumed, loaders, cfg, tmp_path / "b", resume=True, progress=False,
-                 callbacks=[SimpleNamespace(on_epoch_end=lambda e, m: epochs_seen.append(e))])
-    assert result.start_epoch == 1 and result.epochs_run == 1 and epochs_seen == [1]
+    # other starting weights = another identity: an explicit resume refuses with one line, nothing moves
+    with pytest.raises(FitError, match="another identity") as e:
+        fit("train", build_framework(cfg, seed=123), loaders, cfg, tmp_path / "b", resume="require", progress=False)
+    assert "\n" not in str(e.value) and list_checkpoints(tmp_path / "b")
+    resumed = build_framework(cfg)                             # the same identity: continued ("auto")
+    epochs_seen, restored = [], []
+    result = fit("train", resumed, loaders, cfg, tmp_path / "b", progress=False,
+                 callbacks=[SimpleNamespace(on_epoch_end=lambda e, m: epochs_seen.append(e),
+                                            on_resume=lambda h: restored.extend(x["epoch"] for x in h))])
+    assert result.start_epoch == 1 and result.epochs_run == 1 and epochs_seen == [1] and restored == [0]
     a, b = ref.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     hist = json.loads((tmp_path / "b" / "history.json").read_text())
-    assert [h["epoch"] for h in hist] == [0, 1]
-    changed = tiny_cfg(train={"epochs": 3, "lr": 5e-4})
-    with pytest.raises(FitError, match="params hash"):
-        fit("train", build_framework(changed), make_loaders(changed, "train", stb["train"]), changed,
-            tmp_path / "b", resume=True, progress=False)
+    assert [h["epoch"] for h in hist] == [0, 1] and [h["epoch"] for h in result.history] == [0, 1]
+    # other settings ("auto"): the old run is set aside, never continued, and the stage starts fresh
+    changed = tiny_cfg(train={"epochs": 1, "lr": 5e-4})
+    result = fit("train", build_framework(changed), make_loaders(changed, "train", stb["train"]), changed,
+                 tmp_path / "b", progress=False)
+    assert result.start_epoch == 0 and result.epochs_run == 1
+    assert [p.name for p in list_checkpoints(tmp_path / "b.previous")] == ["epoch-0000.pt", "epoch-0001.pt"]
+
+
+def _fresh(cfg: TrainConfig, stb: dict, out: Path) -> dict[str, torch.Tensor]:
+    model = build_framework(cfg)
+    fit("train", model, make_loaders(cfg, "train", stb["train"]), cfg, out, progress=False)
+    return _state(model)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fewer_epochs_give_the_fresh_run_of_that_many_never_the_longer_one(stb, tmp_path: Path) -> None:
+    """Run identity excludes epochs, so asking for fewer must still give what a fresh run of that many gives."""
+    three = tiny_cfg(train={"epochs": 3, "augment": True, "batch_size": 16})    # one step per epoch
+    long = _fresh(three, stb, tmp_path / "run")                # keeps epochs 1 and 2 (keep=2)
+    two, one = (three.with_overrides({"train.epochs": n}) for n in (2, 1))
+    model = build_framework(two)                               # epoch 2's checkpoint is kept: no training
+    result = fit("train", model, make_loaders(two, "train", stb["train"]), two, tmp_path / "run", progress=False)
+    assert result.epochs_run == 0 and len(result.history) == 2 and result.checkpoint.name == "epoch-0001.pt"
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch-0001.pt"]
+    assert _same(_state(model), _fresh(two, stb, tmp_path / "fresh2")) and not _same(_state(model), long)
+    model = build_framework(one)                               # epoch 1's checkpoint is gone: trained afresh
+    result = fit("train", model, make_loaders(one, "train", stb["train"]), one, tmp_path / "run", progress=False)
+    assert result.start_epoch == 0 and result.epochs_run == 1
+    assert _same(_state(model), _fresh(one, stb, tmp_path / "fresh1"))
+    assert json.loads((tmp_path / "run" / "history.json").read_text())[-1]["epoch"] == 0
 
 
 def test_dataloader_workers_do_not_change_the_run(stb, tmp_path: Path) -> None:
@@ -353,15 +415,16 @@ def test_gesture_training_beats_chance(gestures, tmp_path: Path) -> None:
     assert k == 12
     oracle = _OracleFramework(loaders["train"].dataset, loaders["val"].dataset)
     clf = build_classifier(cfg, k)
-    result = fit("gesture", clf, loaders, cfg, tmp_path, framework=oracle, progress=False)
+    result = fit_gesture(clf, oracle, loaders, cfg, tmp_path, progress=False)
     calls = oracle.calls
     assert calls == 3 + 2                             # joints computed once per split (48/16 + 24/16 batches)
     assert (tmp_path / "joints-train.pt").is_file() and (tmp_path / "joints-val.pt").is_file()
     assert result.metrics["val/accuracy"] > 3 / k     # chance = 1/12
     assert result.metrics["train/accuracy"] > result.history[0]["train/accuracy"]
     more = cfg.with_overrides(gesture={"epochs": 32})
-    fit("gesture", clf, loaders, more, tmp_path, resume=True, framework=oracle, progress=False)
+    again = fit_gesture(build_classifier(cfg, k), oracle, loaders, more, tmp_path, progress=False)
     assert oracle.calls == calls                      # cached joints reused
+    assert again.start_epoch == 30 and again.epochs_run == 2           # the same identity: continued
 
 
 def test_gesture_stage_with_real_frozen_framework(gestures, tmp_path: Path) -> None:
@@ -370,12 +433,14 @@ def test_gesture_stage_with_real_frozen_framework(gestures, tmp_path: Path) -> N
     before = _state(framework)
     loaders = make_loaders(cfg, "gesture", gestures["train"], gestures["test"])
     clf = build_classifier(cfg, num_gesture_classes(loaders["train"].dataset))
-    result = fit("gesture", clf, loaders, cfg, tmp_path, framework=framework, progress=False)
+    result = fit_gesture(clf, framework, loaders, cfg, tmp_path, progress=False)
     assert result.epochs_run == 2 and 0 <= result.metrics["val/accuracy"] <= 1
     assert all(torch.equal(before[k], v) for k, v in framework.state_dict().items())   # frozen
     cached = torch.load(tmp_path / "joints-train.pt", weights_only=True)["data"]
     assert cached["joints_3d"].shape == (48, 21, 3) and cached["gesture"].tolist()[:12] == list(range(12))
     with pytest.raises(FitError, match="frozen framework"):
+        fit_gesture(clf, None, loaders, cfg, tmp_path / "x", progress=False)
+    with pytest.raises(FitError, match="trainers.gesture.fit_gesture"):
         fit("gesture", clf, loaders, cfg, tmp_path / "x", progress=False)
 
 
@@ -407,28 +472,34 @@ def test_predict_writes_json_obj_panel_and_times(stb, tmp_path: Path) -> None:
         assert files["panel"].name == f"{img.stem}_panel.png"
     with torch.no_grad():  # the crop-px joints map back to original px through the centre-square crop
         boxed = predict_images(loaded, images[:1], tmp_path / "boxed", box=(10, 10, 60, 50), panels=False)[0]
-    assert boxed["crop_box"] == [35.0, 30.0, 60.0] and "panel" not in boxed["files"]
-    scale = 60.0 / 64
+    from keyhand.data.prepare import box_to_crop
+
+    c = box_to_crop((10, 10, 60, 50), 0.2)                    # the §3.1 square around the box (its convention)
+    assert boxed["crop_box"] == [c.cx, c.cy, c.side] == pytest.approx([35.0, 30.0, 60.0], abs=0.5)
+    assert "panel" not in boxed["files"]
+    scale = c.side / 64
     j2d_crop, j2d = np.asarray(boxed["joints_2d_crop"]), np.asarray(boxed["joints_2d"])
-    np.testing.assert_allclose(j2d, (j2d_crop - 31.5) * scale + [35.0, 30.0], atol=2e-3)
+    np.testing.assert_allclose(j2d, (j2d_crop - 31.5) * scale + [c.cx, c.cy], atol=2e-3)
 
 
 def test_cli_train_evaluate_predict_and_errors(stb, tmp_path: Path) -> None:
-    cfgfile = tmp_path / "tiny.yaml"
+    cfgfile = tmp_path / "tiny.yaml"       # a params file: what it leaves out comes from the default profile
     cfgfile.write_text(yaml.safe_dump({"model": TINY_MODEL, "sfe": {"batch_size": 8}, "train": {"batch_size": 8}}))
     r = runner.invoke(app, ["--help"])
     assert all(c in r.output for c in ("pretrain-sfe", "train-gesture", "evaluate", "predict", "make-synthetic"))
-    common = ["--config", str(cfgfile), "--data", str(stb["root"]), "--epochs", "1", "--device", "cpu"]
+    common = ["--params", str(cfgfile), "--data", str(stb["root"]), "--epochs", "1", "--device", "cpu"]
     r = runner.invoke(app, ["pretrain-sfe", *common, "--out", str(tmp_path / "sfe")])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train", *common, "--out", str(tmp_path / "train"), "--sfe-checkpoint",
-                            str(tmp_path / "sfe")])
+    train = ["train", *common, "--out", str(tmp_path / "train"), "--sfe-checkpoint", str(tmp_path / "sfe")]
+    r = runner.invoke(app, train)
     assert r.exit_code == 0, r.output
     assert "SFE initialised from" in r.output and (tmp_path / "train" / "epoch-0000.pt").is_file()
-    r = runner.invoke(app, ["train", *common, "--out", str(tmp_path / "train")])
-    assert r.exit_code == 2 and "--resume" in _one_line(r.output)
-    r = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "train"), "--data", str(stb["root"]),
-                            "--out", str(tmp_path / "eval"), "--panels", "2"])
+    r = runner.invoke(app, [*train, "--resume"])                    # the same identity: nothing left to run
+    assert r.exit_code == 0 and "nothing to run" in r.output, r.output
+    r = runner.invoke(app, [*train[:-2], "--sfe-checkpoint", "none", "--resume"])   # other starting weights
+    assert r.exit_code == 2 and "another identity" in _one_line(r.output)
+    r = runner.invoke(app, ["evaluate", "--params", str(cfgfile), "--checkpoint", str(tmp_path / "train"),
+                            "--data", str(stb["root"]), "--out", str(tmp_path / "eval"), "--panels", "2"])
     assert r.exit_code == 0, r.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["count"] == 8 and metrics["epe_mean"] > 0
@@ -442,16 +513,17 @@ def test_cli_train_evaluate_predict_and_errors(stb, tmp_path: Path) -> None:
     # one-line errors, exit 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {epochs: many}\n")
-    r = runner.invoke(app, ["train", "--config", str(bad), "--data", str(stb["root"]), "--out", str(tmp_path / "x")])
+    r = runner.invoke(app, ["train", "--params", str(bad), "--data", str(stb["root"]), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "train.epochs" in _one_line(r.output)
     r = runner.invoke(app, ["predict", str(tmp_path / "nope.png"), "--checkpoint", str(tmp_path / "train")])
     assert r.exit_code == 2 and "nope.png" in _one_line(r.output)
     r = runner.invoke(app, ["predict", str(image), "--checkpoint", str(tmp_path / "train"), "--box", "1,2,3"])
     assert r.exit_code == 2 and "--box" in _one_line(r.output)
-    r = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "none"), "--data", str(stb["root"]),
-                            "--out", str(tmp_path / "e2")])
+    r = runner.invoke(app, ["evaluate", "--params", str(cfgfile), "--checkpoint", str(tmp_path / "none"),
+                            "--data", str(stb["root"]), "--out", str(tmp_path / "e2")])
     assert r.exit_code == 2 and "no such checkpoint" in _one_line(r.output)
     big = tmp_path / "big.yaml"
     big.write_text(yaml.safe_dump({"model": {**TINY_MODEL, "image_size": 128}}))
-    r = runner.invoke(app, ["train", "--config", str(big), "--data", str(stb["root"]), "--out", str(tmp_path / "y")])
+    r = runner.invoke(app, ["train", "--params", str(big), "--data", str(stb["root"]), "--out", str(tmp_path / "y"),
+                            "--sfe-checkpoint", "none"])
     assert r.exit_code == 2 and "--size 128" in _one_line(r.output)

@@ -7,10 +7,10 @@
 
 A file ``epoch-{epoch:04d}.pt`` (a ``torch.save`` dict) holds: ``model`` (state_dict), ``optimizer``,
 ``scaler`` (when a GradScaler is used; bf16 autocast needs none), ``rng`` (torch CPU, every CUDA device,
-numpy, python), ``epoch`` (0-based, completed), ``params_hash`` (:func:`trainers.config.run_hash`),
+numpy, python), ``epoch`` (0-based, completed), ``params_hash`` (the run's identity, :func:`trainers.config.run_hash`),
 ``metrics`` (float dict of that epoch), ``config`` (the settings dump, so :mod:`trainers.predict` can
-rebuild the model) and ``extra``. It is written to a hidden temporary file in the same folder, fsynced,
-then ``os.replace``-d into place and the folder fsynced: a killed process leaves either the previous set of
+rebuild the model) and ``extra``. It is written with :func:`keyhand.atomic.atomic_path` (fsynced, renamed
+into place, folder fsynced): a killed process leaves either the previous set of
 checkpoints or the new one, never a partial file that :func:`latest` would pick. Everything stored is a
 plain type or a tensor, so files load with ``torch.load(weights_only=True)``.
 """
@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from keyhand.atomic import atomic_path
 
 __all__ = ["CheckpointError", "checkpoint_path", "save_checkpoint", "load_checkpoint", "latest", "list_checkpoints",
            "capture_rng", "restore_rng", "restore"]
@@ -65,30 +67,9 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def _floats(metrics: dict | None) -> dict[str, float]:
@@ -153,9 +134,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_checkpoint(path: str | os.PathLike, params_hash: str | None = None, force: bool = False,
+def load_checkpoint(path: str | os.PathLike, params_hash: str | None = None,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; with ``params_hash``, refuse one written with other settings unless ``force``.
+    """Read a checkpoint; with ``params_hash`` (a run identity), refuse one of another identity.
 
     A path to a folder means its :func:`latest` checkpoint. Raises :class:`CheckpointError` (one line).
     """
@@ -167,9 +148,9 @@ def load_checkpoint(path: str | os.PathLike, params_hash: str | None = None, for
         raise CheckpointError(f"{p}: unreadable checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "epoch" not in ckpt:
         raise CheckpointError(f"{p}: not a keyhand checkpoint (no model/epoch)")
-    if params_hash is not None and ckpt.get("params_hash") != params_hash and not force:
-        raise CheckpointError(f"{p} was written with params hash {ckpt.get('params_hash')}, these settings hash "
-                              f"{params_hash}: change them back, use another --out, or force (--force)")
+    if params_hash is not None and ckpt.get("params_hash") != params_hash:
+        raise CheckpointError(f"{p} belongs to a run of identity {ckpt.get('params_hash')}, not {params_hash} "
+                              "(other settings, data or starting weights): it is never continued")
     ckpt["path"] = str(p)
     return ckpt
 

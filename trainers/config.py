@@ -1,13 +1,20 @@
 """Training settings: the model, loss and per-stage sections, validated with pydantic (one-line errors).
 
     from trainers.config import TrainConfig, load_config
-    cfg = load_config("train.yaml")                  # or TrainConfig() for the CPU default profile
-    cfg = TrainConfig(profile="paper")               # §4.3.1: batch 6, Adam 1e-4, wd 1e-5, 60 / 80 epochs
-    cfg.stage("train").lr, cfg.model.to_model_config(), cfg.loss.to_loss_weights()
+    cfg = TrainConfig()                               # the default profile (2-core CPU, minutes)
+    cfg = TrainConfig.for_profile("paper")            # §4.3.1: batch 6, Adam 1e-4, wd 1e-5, 60 / 80 epochs
+    cfg = load_config("params.yaml", {"train.epochs": 2})   # a YAML file (the training sections of it) + overrides
+    cfg.stage("train").lr, cfg.model (a keyhand.model.config.ModelConfig), cfg.loss.to_loss_weights()
 
-A YAML file holds any subset of these keys; what it omits comes from its ``profile``::
+One schema: ``model`` IS :class:`keyhand.model.config.ModelConfig` (the class the Framework is built
+from) and ``loss`` is generated from the fields of :class:`keyhand.losses.LossWeights`, so a field added
+there appears in params.yaml's schema and in the run identity (:func:`run_hash`) without a second edit.
 
-    profile: default            # "default" (2-core CPU, minutes) or "paper" (the paper's protocol)
+A mapping holds any subset of these keys; what it omits comes from the **default profile** (the one
+:data:`PROFILES` entry that fills keys). Other profiles are written out in full (``keyhand params write
+--profile paper`` or :meth:`TrainConfig.for_profile`); a file never names its profile, so no key does
+nothing::
+
     model: {image_size: 128, sfe: heatmaps+silhouette, ve_dense: VE2, pca_comps: 45}
     loss: {reg: 0.0}            # Table 3 "No LReg"
     sfe: {epochs: 60}           # SFE pretraining (ObMan, §4.1.1)
@@ -16,86 +23,63 @@ A YAML file holds any subset of these keys; what it omits comes from its ``profi
     classifier: {hidden: 128}   # its hidden width
 
 Every section forbids unknown keys, so a typo stops at load time with one line naming the dotted key:
-``params.yaml: train.lrr: unknown key (allowed: amp, augment, batch_size, ...)``. A later issue builds the
-whole ``params.yaml`` schema around these sections; keep them small and importable (no torch here).
+``params.yaml: train.lrr: unknown key (allowed: amp, augment, batch_size, ...)``.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
-from pathlib import Path
-from typing import Any, Literal
+import typing
+from dataclasses import MISSING, fields
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, create_model, model_validator
 
-__all__ = ["STAGES", "PROFILES", "ConfigError", "ModelSection", "LossSection", "StageSection",
-           "ClassifierSection", "TrainConfig",
-           "format_validation_error", "load_config", "run_hash"]
+from keyhand.config import ConfigError, Section, apply_overrides, format_validation_error, load_yaml, merge
+from keyhand.losses import LossWeights
+from keyhand.model.config import ModelConfig
+
+__all__ = ["STAGES", "PROFILES", "ConfigError", "ModelConfig", "LossSection", "StageSection",
+           "ClassifierSection", "TrainConfig", "format_validation_error", "load_config", "run_hash", "check_no_profile",
+           "UNHASHED_STAGE_KEYS"]
 
 #: Training stages: SFE pretraining (§4.1.1, ObMan), full training (Eq. 12, STB), gesture classifier (§4.3.3).
 STAGES = ("sfe", "train", "gesture")
 
-
-class ConfigError(ValueError):
-    """A bad configuration: the message is one line naming the file and the dotted key."""
+_Section = Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+def _not_bool(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number, got {v!r}")
+    return v
 
 
-class ModelSection(_Section):
-    """Mirrors :class:`keyhand.model.framework.ModelConfig` field for field (every Table 1-4 ablation)."""
-
-    sfe: Literal["none", "heatmaps", "heatmaps+silhouette"] = "heatmaps+silhouette"   # Table 1
-    fusion: Literal["sum", "concat"] = "concat"                                          # Table 4
-    ve_blocks: int = Field(4, ge=1, le=8)                                                # Table 2: 2 | 4 | 5
-    ve_dense: Literal["VE1", "VE2", "VE3"] = "VE2"                                       # Table 2
-    pca_comps: int = Field(45, ge=1, le=45)                                              # Table 3: 15 | 30 | 45
-    skeleton_adaptation: bool = True                                                     # Table 4
-    image_size: int = Field(256, ge=16)              # input crop side (px); heatmaps are image_size // 4
-    sfe_channels: int = Field(256, ge=1)             # hourglass width (paper 256)
-    ve_input_size: int = Field(256, ge=8)            # f is resized to this (§3.3)
-    ve_channels: int = Field(64, ge=1)               # first abstraction block width
-    dense_scale: float = Field(1.0, gt=0)            # multiplies the dense widths (1024 / 2048)
-    render_size: int = Field(64, ge=8)               # rendered silhouette side (px)
-    render_mode: Literal["nmr", "soft"] = "nmr"
-    soft_sigma: float = Field(1e-4, gt=0)
-    mano_path: str | None = None                     # None = the license-free proxy hand
-    side: Literal["right", "left"] = "right"
-    flat_hand_mean: bool = False
-
-    def to_model_config(self):
-        """The :class:`keyhand.model.framework.ModelConfig` these settings describe."""
-        from keyhand.model.framework import ModelConfig
-
-        return ModelConfig(**self.model_dump())
+_Weight = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, allow_inf_nan=False)]
 
 
-class LossSection(_Section):
-    """Mirrors :class:`keyhand.losses.LossWeights`: weights of the Eq. 12 terms (0 switches a term off).
-
-    ``sfe`` scales L_SFE (Eq. 14) as a whole, ``heatmap`` / ``silhouette`` its two parts (Eq. 13);
-    ``joints_3d`` L_3D (Eq. 15), ``joints_2d`` L_2D (Eq. 16), ``mask`` L_M (Eq. 17), ``reg`` L_Reg (Eq. 18).
-    """
-
-    sfe: float = Field(1.0, ge=0)
-    heatmap: float = Field(1.0, ge=0)
-    silhouette: float = Field(1.0, ge=0)
-    joints_3d: float = Field(1.0, ge=0)
-    joints_2d: float = Field(1.0, ge=0)
-    mask: float = Field(1.0, ge=0)
-    reg: float = Field(0.01, ge=0)                   # keyhand.losses: 0.01 keeps L_Reg a regulariser
-
-    def to_loss_weights(self):
+class _LossBase(Section):
+    def to_loss_weights(self) -> LossWeights:
         """The :class:`keyhand.losses.LossWeights` these settings describe."""
-        from keyhand.losses import LossWeights
-
         return LossWeights(**self.model_dump())
+
+
+def _loss_section() -> type[Section]:
+    """A section with one field per :class:`LossWeights` field (same default; floats: finite and >= 0)."""
+    hints = typing.get_type_hints(LossWeights)
+    spec: dict[str, Any] = {}
+    for f in fields(LossWeights):
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        spec[f.name] = (_Weight if hints[f.name] is float else hints[f.name], default)
+    return create_model("LossSection", __base__=_LossBase, __module__=__name__, **spec)
+
+
+#: The ``loss`` section: the weights of Eq. 12 / Eq. 13 (:class:`keyhand.losses.LossWeights`, 0 switches a
+#: term off): ``sfe`` L_SFE (Eq. 14) as a whole, ``heatmap`` / ``silhouette`` its parts (Eq. 13),
+#: ``joints_3d`` L_3D (Eq. 15), ``joints_2d`` L_2D (Eq. 16), ``mask`` L_M (Eq. 17), ``reg`` L_Reg (Eq. 18).
+LossSection = _loss_section()
 
 
 class StageSection(_Section):
@@ -140,8 +124,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gesture": {**_PAPER_STAGE, "epochs": 100, "augment": False},
     },
     "default": {
+        # 6D rotation: learns ~1.4x faster than the paper's axis-angle (docs/hand_estimator_fit.md)
         "model": {"image_size": 128, "sfe_channels": 32, "ve_input_size": 64, "ve_channels": 16,
-                  "dense_scale": 0.125, "render_size": 32},
+                  "dense_scale": 0.125, "render_size": 32, "rot_repr": "6d"},
         "loss": {},
         "sfe": {"epochs": 4, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5},
         "train": {"epochs": 12, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5},
@@ -150,19 +135,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 class TrainConfig(_Section):
-    """All training settings: ``profile`` supplies every key the input omits (module docstring)."""
+    """All training settings; the default profile fills every key the input omits (module docstring)."""
 
-    profile: Literal["paper", "default"] = "default"
-    model: ModelSection = ModelSection()
-    loss: LossSection = LossSection()
+    model: ModelConfig = ModelConfig()
+    loss: LossSection = LossSection()  # type: ignore[valid-type]
     sfe: StageSection = StageSection()
     train: StageSection = StageSection()
     gesture: StageSection = StageSection()
@@ -170,23 +147,31 @@ class TrainConfig(_Section):
 
     @classmethod
     def profile_defaults(cls, profile: str) -> dict[str, Any]:
-        """What ``profile`` fills in (subclasses with more sections extend it)."""
+        """What ``profile`` sets (subclasses with more sections extend it)."""
         return PROFILES[profile]
 
     @classmethod
     def merge_profile(cls, defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """``data`` over the profile's ``defaults`` (nested mappings merge; what ``data`` states wins)."""
-        return _merge(defaults, data)
+        return merge(defaults, data)
 
     @model_validator(mode="before")
     @classmethod
-    def _apply_profile(cls, data: Any) -> Any:
+    def _fill_from_profile(cls, data: Any, info: ValidationInfo) -> Any:
         if not isinstance(data, dict):
             return data
-        profile = data.get("profile", "default")
-        if not isinstance(profile, str) or profile not in PROFILES:
-            return data  # the Literal field reports it
+        profile = (info.context or {}).get("profile", "default")
         return cls.merge_profile(cls.profile_defaults(profile), data)
+
+    @classmethod
+    def for_profile(cls, profile: str, data: dict[str, Any] | None = None):
+        """The settings of ``profile`` ("default" | "paper") with ``data`` (a nested mapping) over them."""
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        try:
+            return cls.model_validate(data or {}, context={"profile": profile})
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, model=cls)) from None
 
     def stage(self, name: str) -> StageSection:
         """The section of stage ``name`` (one of :data:`STAGES`)."""
@@ -194,88 +179,64 @@ class TrainConfig(_Section):
             raise ConfigError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
         return getattr(self, name)
 
-    def with_overrides(self, **sections: dict) -> TrainConfig:
-        """A copy with some keys replaced, e.g. ``cfg.with_overrides(train={"epochs": 2})`` (validated)."""
-        return TrainConfig.model_validate(_merge(self.model_dump(), sections))
+    def training(self) -> TrainConfig:
+        """Just the training sections (a :class:`TrainConfig`, also of a subclass such as pipeline's Params)."""
+        return TrainConfig.model_validate({k: getattr(self, k).model_dump() for k in TrainConfig.model_fields})
+
+    def with_overrides(self, overrides: dict[str, Any] | None = None, **sections: dict):
+        """A validated copy with keys replaced: ``cfg.with_overrides({"train.epochs": 2})`` or
+        ``cfg.with_overrides(train={"epochs": 2})`` (dotted keys and nested mappings both work)."""
+        data = apply_overrides(apply_overrides(self.model_dump(), overrides or {}), sections)
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, "overrides", model=type(self))) from None
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
-    """Field names of the section at ``loc`` (a path of field names from ``model``), if it is a model."""
-    cls = model
-    for part in loc:
-        field = cls.model_fields.get(part) if isinstance(part, str) else None
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        cls = ann
-    return sorted(cls.model_fields)
-
-
-def format_validation_error(exc: ValidationError, source: str | os.PathLike = "config",
-                            model: type[BaseModel] = TrainConfig, prefix: tuple = ()) -> str:
-    """One line from a pydantic error: ``params.yaml: train.lr: Input should be a valid number`` (+ N more).
-
-    ``prefix``: the dotted location of the validated mapping inside the file (for embedded sections).
-    """
-    errors = exc.errors(include_url=False)
-    if not errors:
-        return f"{source}: invalid configuration"
-    e = errors[0]
-    loc = tuple(e.get("loc", ()))
-    key = ".".join(str(p) for p in (*prefix, *loc)) or "(top level)"
-    if e.get("type") == "extra_forbidden":
-        allowed = _allowed_keys(model, loc[:-1])
-        msg = "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-    else:
-        msg = e.get("msg", "invalid value")
-        if e.get("type") not in ("missing",) and "input" in e and not isinstance(e["input"], dict | list):
-            msg += f", got {e['input']!r}"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{source}: {key}: {msg}{more}".replace("\n", " ")
+def check_no_profile(data: dict[str, Any], source: str | os.PathLike) -> None:
+    """A file that names a profile would silently ignore it for every key it states: one line instead."""
+    if "profile" in data:
+        raise ConfigError(f"{source}: profile: not a key of the file; a profile is written out in full: "
+                          f"keyhand params write --profile {data['profile']} (keeps data roots, MANO path, Ray, "
+                          "MLflow)")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Read and validate a YAML file of the sections above (None = the default profile).
+    """A YAML file of training sections (None = the default profile), then ``overrides``.
 
-    ``overrides`` (nested dict, e.g. ``{"train": {"epochs": 2}}``) are merged over the file's content.
-    Raises :class:`ConfigError` with one line naming the file and the key.
+    ``overrides``: dotted keys or nested mappings (``{"train.epochs": 2}``, ``{"train": {"epochs": 2}}``).
+    A whole params.yaml is read with ``pipeline.params.load_params`` (same loader, more sections).
+    Raises :class:`ConfigError` (one line naming the file and the key).
     """
-    data: Any = {}
+    data: dict[str, Any] = {}
     source = "config" if path is None else str(path)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: no such configuration file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", None) or type(e).__name__
-            raise ConfigError(f"{p}:{where}: not valid YAML ({problem})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections (model, loss, sfe, train, gesture), "
-                              f"got {type(data).__name__}")
-    if overrides:
-        data = _merge(data, overrides)
+        data = load_yaml(path)
+        check_no_profile(data, source)
+    data = apply_overrides(data, overrides or {})
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, model=TrainConfig)) from None
 
 
-#: Stage keys that do not change what a given epoch computes: a run resumed with other values is the same run.
-_UNHASHED = {"epochs", "num_workers", "log_every", "compile"}
+#: Stage keys that do not change what a given epoch computes: a run continued with other values is the same run.
+#: (``epochs`` is left out so that a longer run continues a shorter one; no learning-rate schedule depends on it.)
+UNHASHED_STAGE_KEYS = frozenset({"epochs", "num_workers", "log_every", "compile"})
 
 
-def run_hash(cfg: TrainConfig, stage: str, data: dict[str, str] | None = None) -> str:
-    """Content hash (sha256, 16 hex) of what defines a stage's run: model, loss, stage settings, data hashes.
+def run_hash(cfg: TrainConfig, stage: str, inputs: dict[str, Any] | None = None) -> str:
+    """A run's identity (sha256, 16 hex): everything that changes what its epochs compute.
 
-    ``epochs``, ``num_workers``, ``log_every`` and ``compile`` are left out, so a run may be resumed
-    with more epochs or more workers. Checkpoints record it; resuming with another hash is refused.
+    The model section (every field of :class:`ModelConfig`), the loss weights (sfe/train) or the classifier
+    (gesture), the stage's settings except :data:`UNHASHED_STAGE_KEYS`, and ``inputs``: content hashes of
+    what the run reads and starts from (prepared data and masks, the initial weights with the pretrained
+    SFE in them; see :func:`trainers.run.stage_inputs`). Checkpoints record it; a run folder of another
+    identity is never continued.
     """
-    st = {k: v for k, v in cfg.stage(stage).model_dump().items() if k not in _UNHASHED}
-    blob = {"stage": stage, "model": cfg.model.model_dump(), "stage_cfg": st, "data": data or {}}
+    st = {k: v for k, v in cfg.stage(stage).model_dump().items() if k not in UNHASHED_STAGE_KEYS}
+    blob: dict[str, Any] = {"stage": stage, "model": cfg.model.model_dump(), "stage_cfg": st,
+                            "inputs": inputs or {}}
     if stage != "gesture":
         blob["loss"] = cfg.loss.model_dump()
     else:

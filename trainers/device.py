@@ -27,9 +27,16 @@ __all__ = ["resolve_device", "amp_dtype", "autocast", "prepare_model", "seed_eve
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` / None = CUDA when present, else CPU; otherwise ``torch.device(spec)`` (checked)."""
+    """``"auto"`` / None = CUDA when present, else CPU; otherwise ``torch.device(spec)`` (checked).
+
+    ``"auto"`` in a process that was given GPUs (``CUDA_VISIBLE_DEVICES`` set, e.g. by Ray for a trial) but has
+    no usable CUDA runs on CPU and logs one warning line saying so (once per process and GPU list).
+    """
     if spec is None or str(spec) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        _warn_gpu_without_cuda()
+        return torch.device("cpu")
     try:
         device = torch.device(spec)
     except RuntimeError as e:
@@ -37,6 +44,24 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {spec!r} requested but CUDA is not available (use --device cpu or auto)")
     return device
+
+
+_WARNED_GPUS: set[str] = set()
+
+
+def _warn_gpu_without_cuda() -> None:
+    """One log line when GPUs were assigned to this process (``CUDA_VISIBLE_DEVICES``) but CUDA is unusable."""
+    import logging
+    import os
+
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not gpus or gpus in ("-1", "NoDevFiles") or gpus in _WARNED_GPUS:
+        return
+    _WARNED_GPUS.add(gpus)
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only torch build"
+    logging.getLogger("trainers.device").warning(
+        "keyhand device: GPU %s assigned (CUDA_VISIBLE_DEVICES=%s, pid %d) but CUDA is not available here "
+        "(torch %s, %s): running on CPU", gpus, gpus, os.getpid(), torch.__version__, build)
 
 
 def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:

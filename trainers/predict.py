@@ -29,7 +29,6 @@ forward hooks around the three submodules, CUDA-synchronised on GPU, batch 1, af
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,17 +39,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from keyhand.atomic import atomic_path, atomic_write_json, atomic_write_text
 from keyhand.data.crop import CropBox, crop_affine, crop_image, normalize
 from keyhand.data.prepare import box_to_crop
+from keyhand.model.config import ModelConfig
+from keyhand.skeleton import PARENTS
 from trainers.checkpoint import load_checkpoint
-from trainers.config import ModelSection
 from trainers.device import Timer, resolve_device, synchronize
 
 __all__ = ["PredictError", "load_model", "prepare_image", "ComponentTimer", "predict_images", "write_obj",
            "render_panel", "split_panels"]
 
-#: Bones of the 21-joint skeleton (manopth order): (parent, child).
-_PARENTS = tuple([-1] + [0 if (j - 1) % 4 == 0 else j - 1 for j in range(1, 21)])
 _FINGER_COLOURS = ["#ff5050", "#ffc800", "#50dc50", "#3ca0ff", "#dc5aff"]
 
 
@@ -59,7 +58,7 @@ class PredictError(ValueError):
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device | None = "auto"
-               ) -> tuple[nn.Module, ModelSection]:
+               ) -> tuple[nn.Module, ModelConfig]:
     """Rebuild the Framework a checkpoint (or a run folder's latest) was trained with, in eval mode."""
     from keyhand.model.framework import Framework
 
@@ -68,10 +67,14 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device | None 
     if cfg.get("stage") == "gesture" or "model" not in cfg:
         raise PredictError(f"{ckpt['path']}: not a framework checkpoint (stage {cfg.get('stage')!r}); "
                            "use one of the sfe or train stage")
-    section = ModelSection.model_validate(cfg["model"])
-    model = Framework(section.to_model_config())
+    try:
+        model_cfg = ModelConfig.model_validate(cfg["model"])
+    except ValueError as e:
+        raise PredictError(f"{ckpt['path']}: its model settings no longer validate "
+                           f"({str(e).strip().splitlines()[0]})") from None
+    model = Framework(model_cfg)
     model.load_state_dict(ckpt["model"])
-    return model.to(resolve_device(device)).eval(), section
+    return model.to(resolve_device(device)).eval(), model_cfg
 
 
 def prepare_image(path: str | os.PathLike, image_size: int, box: Sequence[float] | None = None,
@@ -142,14 +145,12 @@ def write_obj(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray) 
     lines = ["# keyhand MANO mesh, millimetres"]
     lines += [f"v {x:.4f} {y:.4f} {z:.4f}" for x, y, z in np.asarray(vertices, np.float64)]
     lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in np.asarray(faces, np.int64)]
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, p)
+    atomic_write_text(p, "\n".join(lines) + "\n")
     return p
 
 
 def _skeleton_2d(ax, j2d: np.ndarray) -> None:
-    for j, parent in enumerate(_PARENTS):
+    for j, parent in enumerate(PARENTS):
         colour = "white" if j == 0 else _FINGER_COLOURS[(j - 1) // 4]
         if parent >= 0:
             ax.plot(j2d[[parent, j], 0], j2d[[parent, j], 1], color=colour, lw=1.5)
@@ -206,7 +207,7 @@ def render_panel(out_png: str | os.PathLike, crop: np.ndarray, joints_2d: np.nda
         a.set_yticks([])
     j3 = view(np.asarray(joints_3d, np.float64))
     ax = fig.add_subplot(1, 5, 4, projection="3d")
-    for j, parent in enumerate(_PARENTS):
+    for j, parent in enumerate(PARENTS):
         colour = "black" if j == 0 else _FINGER_COLOURS[(j - 1) // 4]
         if parent >= 0:
             ax.plot(*j3[[parent, j]].T, color=colour, lw=2)
@@ -232,10 +233,9 @@ def render_panel(out_png: str | os.PathLike, crop: np.ndarray, joints_2d: np.nda
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     p = Path(out_png)
-    tmp = p.with_name(f".{p.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(p) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, p)
     return p
 
 
@@ -288,9 +288,7 @@ def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], out_di
             files["panel"] = render_panel(out / f"{stem}_panel.png", crop, j2d_crop, sil,
                                           o.joints_3d[0].float().cpu().numpy(), o.vertices[0].float().cpu().numpy(),
                                           faces, title=Path(path).name)
-        tmp = files["json"].with_name(f".{stem}.json.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, files["json"])
+        atomic_write_json(files["json"], record, indent=1)
         results.append({**record, "files": {k: str(v) for k, v in files.items()}})
     return results
 

@@ -34,18 +34,22 @@ of its error; the other trials go on. ``resume=True`` restores the Tune experime
 (``Tuner.restore(..., resume_errored=True)``): finished trials are not run again, unfinished and errored
 ones are, and the same parent run is reopened.
 
+Clusters and progress: with several Ray nodes, :func:`run_sweep` refuses a tracking store or storage other
+nodes cannot reach and probes every node before the first trial (:mod:`trainers.cluster`); each trial's
+child run records the node and GPU ids of each attempt; the driver prints a line per trial event and a
+periodic summary (:mod:`trainers.progress`).
+
 Addresses: an unreachable ``host:port`` / ``ray://host:port`` fails in about a second with one line
 (:class:`SweepError`), checked with a TCP connect before Ray is asked. Ray 2.60 turns token authentication
-on by default (the token is ``~/.ray/auth_token`` on the machine that started the cluster): a driver on
-another machine needs the same token (``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``), or the cluster is
-started with ``RAY_AUTH_MODE=disabled``. ``ray start --node-ip-address 127.0.0.1`` is rewritten by Ray to
+on whenever a token exists (``ray.init()`` writes ``~/.ray/auth_token``): a driver on another machine needs
+the cluster's token (``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``); without it, :func:`connect` says so in
+one line (after Ray's own 20 s of retries). ``ray start --node-ip-address 127.0.0.1`` is rewritten by Ray to
 the machine's reachable address; the GCS port still answers on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import io
 import json
@@ -62,6 +66,7 @@ from typing import Any
 
 from ray.tune import Callback as TuneCallback
 
+from keyhand.config import apply_overrides  # the one dotted-override helper (re-exported)
 from trainers import tracking
 
 __all__ = ["SweepError", "SweepResult", "TRIAL_KEY", "connect", "ablation_space", "folds_space", "search_space",
@@ -72,6 +77,12 @@ TAG_TRIAL = "keyhand.trial_id"
 TAG_SWEEP = "keyhand.sweep"
 TAG_ATTEMPTS = "keyhand.attempts"
 STATE_FILE = "keyhand-sweep.json"       # in the Tune experiment folder: the parent run id, for resume
+TAG_NODE = "keyhand.node_id"           # the Ray node of the trial's last attempt
+TAG_NODE_IP = "keyhand.node_ip"
+TAG_GPUS = "keyhand.gpu_ids"            # the GPU ids Ray assigned to it ("" = none)
+TAG_DEVICE = "keyhand.device"           # cpu | cuda:<ids>
+TAG_PLACEMENTS = "keyhand.placements"   # JSON list: every attempt's node, GPUs, device, start / end (unix s)
+_MAX_PLACEMENTS = 20                    # attempts kept in that tag (MLflow tags hold 8,000 characters)
 
 _TUNE_KEYS = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
               "iterations_since_restore", "checkpoint_dir_name", "done", "date", "config", "should_checkpoint",
@@ -146,10 +157,26 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: f
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
+        if _auth_refused(e):
+            raise SweepError(f"Ray cluster at {address} refused this driver's token (Ray 2.60 token authentication "
+                             "is on by default): copy the head's token (`ray get-auth-token` there) and set "
+                             "RAY_AUTH_TOKEN_PATH=<file> or RAY_AUTH_TOKEN=<token> here") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SweepError(f"Ray cluster at {address} is unreachable ({first}); start one with "
                          "`ray start --head`, or drop --address to use a local Ray") from None
     return dict(ray.cluster_resources())
+
+
+def _auth_refused(err: BaseException) -> bool:
+    """True when ``err`` (or what caused it) is Ray's token-authentication refusal."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 # --------------------------------------------------------------------------------------------------- spaces
@@ -228,28 +255,6 @@ def search_space(spec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``base`` with dotted-key overrides applied: ``{"model.sfe": "none"}`` sets base["model"]["sfe"].
-
-    Nested mappings in ``overrides`` merge; an unknown top-level path is created (validation is the config's job).
-    """
-    out = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        node = out
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if not isinstance(nxt, dict):
-                nxt = {}
-                node[p] = nxt
-            node = nxt
-        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]] = apply_overrides(node[parts[-1]], value)
-        else:
-            node[parts[-1]] = copy.deepcopy(value)
-    return out
-
-
 def _searched_keys(space: Mapping[str, Any], prefix: str = "") -> list[str]:
     from ray.tune.search.sample import Domain
 
@@ -316,6 +321,13 @@ def trial_run(config: Mapping[str, Any], params: Mapping[str, Any] | None = None
     the trial's label and tagged with its trial id; a retry reopens the same child. Logs ``params`` (default:
     the trial's public config), ends FINISHED when the block returns and FAILED when it raises (re-raised,
     so Tune retries or records the failure).
+
+    Placement: the child is tagged with the node and GPU ids Ray gave this attempt (``keyhand.node_id``,
+    ``keyhand.node_ip``, ``keyhand.gpu_ids``, ``keyhand.device``) and keeps every attempt's placement with
+    its start / end time (unix s) in ``keyhand.placements`` (JSON list); the sweep's progress board hears
+    "started on node X" at once. A GPU on a node without CUDA: the trial runs on CPU (one log line, from
+    :func:`trainers.device.resolve_device`). MLflow HTTP calls retry patiently here (at least 7 retries with
+    exponential backoff, about two minutes): a tracking server restarted mid-sweep pauses a trial, not fail it.
     """
     info = config.get(TRIAL_KEY) if isinstance(config, Mapping) else None
     if not info:
@@ -323,24 +335,46 @@ def trial_run(config: Mapping[str, Any], params: Mapping[str, Any] | None = None
         return
     from ray import tune
 
+    from trainers import cluster, progress
+
     try:
         ctx = tune.get_context()
         trial_id = ctx.get_trial_id() or "local"
     except Exception:  # called outside Tune (a unit test calling the trainable directly)
         trial_id = "local"
+    os.environ.update(_patient_http_env())  # this process is the trial's: no need to restore
+    where: dict[str, Any] = {}
+    with contextlib.suppress(Exception):  # outside a Ray worker (unit tests): no placement
+        where = cluster.placement()
+    label = trial_label(config)
+    progress.announce(info.get("sweep", ""), {"label": label, "trial_id": trial_id, **where})  # before any HTTP
     tracking.use_tracking(info["uri"])
     client = tracking._client()
     existing = _find_child(client, info["experiment_id"], info["parent_run_id"], trial_id)
-    attempts = 1
+    attempts, history = 1, []
     if existing is not None:
         with contextlib.suppress(ValueError):
             attempts = int(existing.data.tags.get(TAG_ATTEMPTS, "1")) + 1
-    tags = {TAG_TRIAL: trial_id, TAG_SWEEP: info.get("sweep", ""), TAG_ATTEMPTS: attempts}
-    with tracking.tracked_run(info["experiment"], run_name=trial_label(config), stage=stage, tags=tags,
+        with contextlib.suppress(ValueError, TypeError):
+            history = list(json.loads(existing.data.tags.get(TAG_PLACEMENTS) or "[]"))[-(_MAX_PLACEMENTS - 1):]
+    entry = {"attempt": attempts, "node_id": where.get("node_id", ""), "node_ip": where.get("node_ip", ""),
+             "gpu_ids": where.get("gpu_ids", []), "device": where.get("device", ""),
+             "pid": os.getpid(), "start": round(where.get("start", time.time()), 3), "end": None, "status": "RUNNING"}
+    tags = {TAG_TRIAL: trial_id, TAG_SWEEP: info.get("sweep", ""), TAG_ATTEMPTS: attempts,
+            TAG_NODE: entry["node_id"], TAG_NODE_IP: entry["node_ip"], TAG_GPUS: ",".join(entry["gpu_ids"]),
+            TAG_DEVICE: entry["device"], TAG_PLACEMENTS: json.dumps(history + [entry], separators=(",", ":"))}
+    with tracking.tracked_run(info["experiment"], run_name=label, stage=stage, tags=tags,
                               params=trial_params(config) if params is None else params,
                               parent_run_id=info["parent_run_id"],
                               run_id=existing.info.run_id if existing is not None else None) as run:
-        yield run
+        status = "FAILED"
+        try:
+            yield run
+            status = "FINISHED"
+        finally:
+            entry.update(end=round(time.time(), 3), status=status)
+            with contextlib.suppress(Exception):
+                client.set_tag(run.info.run_id, TAG_PLACEMENTS, json.dumps(history + [entry], separators=(",", ":")))
 
 
 # --------------------------------------------------------------------------------------------------- sweeps
@@ -354,7 +388,7 @@ class SweepResult:
     kind: str
     metric: str
     mode: str
-    path: Path                      # the Tune experiment folder (restore from here)
+    path: Path | str                # the Tune experiment folder (restore from here): a path or a storage URI
     out_dir: Path                   # results.json / results.csv
     parent_run_id: str | None
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -451,7 +485,9 @@ def _rows(grid, label_keys: list[str], exp_path: Path) -> list[dict[str, Any]]:
     rows = []
     for r, t in zip(results, trials, strict=True):
         tid = getattr(t, "trial_id", None) or _trial_id_from(r)
-        rows.append(_row(r, label_keys, saved.get(tid) or getattr(t, "status", None), tid))
+        row = _row(r, label_keys, saved.get(tid) or getattr(t, "status", None), tid)
+        row["retries"] = int(getattr(t, "num_failures", 0) or 0)  # Tune's retries of it (a dead node counts one)
+        rows.append(row)
     return sorted(rows, key=lambda r: r["trial_id"])
 
 
@@ -472,6 +508,24 @@ def _row(result, label_keys: list[str], tune_status: str | None = None,
             "iterations": int((result.metrics or {}).get("training_iteration") or 0),
             "config": tracking.flatten_params(trial_params(config)), "metrics": metrics,
             "path": str(result.path) if result.path else ""}
+
+
+_PLACE_COLS = ("node_ip", "node_id", "gpu_ids", "device", "attempts", "retries")
+
+
+def _add_placements(rows: list[dict[str, Any]], parent_run_id: str) -> None:
+    """Copy each trial's placement (node, GPU ids, device, attempts with start / end) from its MLflow child."""
+    kids = {c.data.tags.get(TAG_TRIAL): c for c in tracking.child_runs(parent_run_id)}
+    for r in rows:
+        child = kids.get(r["trial_id"])
+        tags = child.data.tags if child is not None else {}
+        try:
+            placements = json.loads(tags.get(TAG_PLACEMENTS) or "[]")
+        except ValueError:
+            placements = []
+        r.update(node_id=tags.get(TAG_NODE, ""), node_ip=tags.get(TAG_NODE_IP, ""),
+                 gpu_ids=tags.get(TAG_GPUS, ""), device=tags.get(TAG_DEVICE, ""),
+                 attempts=int(tags.get(TAG_ATTEMPTS) or 0), placements=placements)
 
 
 def _best(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
@@ -496,9 +550,11 @@ def _write_results(res: SweepResult) -> tuple[Path, Path]:
     met_keys = sorted({k for r in res.rows for k in r["metrics"]})
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["trial_id", "label", "status", "error", "iterations"] + [f"config.{k}" for k in cfg_keys] + met_keys)
+    w.writerow(["trial_id", "label", "status", "error", "iterations"] + list(_PLACE_COLS)
+               + [f"config.{k}" for k in cfg_keys] + met_keys)
     for r in res.rows:
         w.writerow([r["trial_id"], r["label"], r["status"], r["error"], r["iterations"]]
+                   + [r.get(c, "") for c in _PLACE_COLS]
                    + [r["config"].get(k, "") for k in cfg_keys]
                    + ["" if r["metrics"].get(k) is None else r["metrics"][k] for k in met_keys])
     _write_atomic(cpath, buf.getvalue())
@@ -548,7 +604,8 @@ def run_sweep(name: str, trainable: Callable[[dict], Any], param_space: Mapping[
               parent_run_name: str | None = None, parent_params: Mapping[str, Any] | None = None,
               search_space: Mapping[str, Any] | None = None, asha: Mapping[str, Any] | None = None,
               seed: int | None = 0, max_concurrent_trials: int | None = None, checkpoints_to_keep: int = 2,
-              stale_after_s: float = 6 * 3600.0, verbose: int = 0) -> SweepResult:
+              stale_after_s: float = 6 * 3600.0, verbose: int | None = None, progress_every_s: float | None = None,
+              probe: bool = True, probe_timeout_s: float = 60.0) -> SweepResult:
     """Run a Tune sweep of ``trainable`` under one MLflow parent run; write ``results.json`` / ``results.csv``.
 
     ``param_space``: constants and (for ``kind="grid"``) ``tune.grid_search`` entries (:func:`ablation_space`,
@@ -558,16 +615,31 @@ def run_sweep(name: str, trainable: Callable[[dict], Any], param_space: Mapping[
 
     ``resources_per_trial``: ``{"cpu": 1, "gpu": 0.25}`` packs four trials on a GPU; default 1 CPU and a
     quarter GPU when the cluster has GPUs. Ray is started locally when not connected (:func:`connect`).
-    ``storage_path`` (made absolute) holds the Tune experiment ``<storage_path>/<name>``; ``out_dir`` (default
-    that folder) receives the results. ``mlflow_uri`` defaults to :func:`tracking.resolve_tracking_uri`.
+    ``storage_path`` holds the Tune experiment ``<storage_path>/<name>``: a path (made absolute) or a storage
+    URI (``s3://bucket/keyhand``: then ``out_dir`` is required); ``out_dir`` (default that folder) receives the
+    results. ``mlflow_uri`` defaults to :func:`tracking.resolve_tracking_uri`.
+
+    A cluster of several nodes (:mod:`trainers.cluster`): the tracking URI and the storage must be reachable
+    from every node (a SQLite store is refused in one line), and unless ``probe=False`` a probe task on every
+    node that can host a trial checks the storage, the data, the MANO file and the tracking server before the
+    first trial (the failing node is named). Progress (:mod:`trainers.progress`): a line per trial event and a
+    summary every ``progress_every_s`` (default ``$KEYHAND_SWEEP_PROGRESS_S`` or 30 s); Tune's own table
+    only with ``verbose`` > 0 (default ``$KEYHAND_SWEEP_VERBOSE`` or 0).
 
     Each row: ``trial_id``, ``label``, ``status`` (FINISHED | FAILED | INCOMPLETE: the sweep was interrupted,
     e.g. Ctrl-C, and the parent run ends KILLED), ``error`` (first line), ``iterations``,
-    ``config`` (flattened), ``metrics`` (last reported), ``path``. ``results.json`` is
+    ``config`` (flattened), ``metrics`` (last reported), ``path``, and where it ran: ``node_ip``, ``node_id``,
+    ``gpu_ids``, ``device`` (of the last attempt), ``attempts`` (that reached the trial's code), ``retries``
+    (Tune's retries after a failure) and ``placements`` (every attempt: node, GPUs, device, start / end unix
+    time, status). ``results.json`` is
     ``{"name", "kind", "metric", "mode", "path", "parent_run_id", "best", "trials": [rows]}``.
     """
+    import functools
+
     import ray
     from ray import tune
+
+    from trainers import cluster, progress
 
     if kind not in ("grid", "search"):
         raise SweepError(f"sweep kind {kind!r}: expected 'grid' or 'search'")
@@ -581,9 +653,20 @@ def run_sweep(name: str, trainable: Callable[[dict], Any], param_space: Mapping[
         space.update(search_space or {})
     elif search_space:
         raise SweepError("search_space is only used with kind='search'")
-    storage = Path(storage_path).expanduser().resolve()
-    exp_path = storage / name
-    out = Path(out_dir).resolve() if out_dir is not None else exp_path
+    remote_storage = cluster.is_uri(storage_path)
+    if remote_storage:
+        storage: Path | str = str(storage_path).rstrip("/")
+        exp_path: Path | str = f"{storage}/{name}"
+        if out_dir is None:
+            raise SweepError(f"storage path {storage} is a URI: pass out_dir, a local folder for results.json")
+    else:
+        text = str(storage_path)
+        local = text[len("file://"):] if text.startswith("file://") else text
+        storage = Path(local).expanduser().resolve()
+        exp_path = storage / name
+    out = Path(out_dir).resolve() if out_dir is not None else Path(exp_path)
+    verbose = progress.tune_verbosity() if verbose is None else int(verbose)
+    every_s = progress.progress_every() if progress_every_s is None else float(progress_every_s)
 
     uri = tracking.resolve_tracking_uri(mlflow_uri, Path.cwd())
     exp_id = tracking.ensure_experiments(uri, [experiment])[experiment]  # TrackingError first: fail before Ray
@@ -592,28 +675,46 @@ def run_sweep(name: str, trainable: Callable[[dict], Any], param_space: Mapping[
     if not ray.is_initialized():
         connect(None)
     resources = _resources(resources_per_trial, ray.cluster_resources())
+    nodes = cluster.alive_nodes()
+    hosts = cluster.trial_nodes(nodes, resources)
+    cluster.check_remote_safe(nodes, uri, storage, driver_ip=ray.util.get_node_ip_address())
+    label_keys = _searched_keys(space)
+    total = _count_trials(space, kind, num_samples)
+    print(f"sweep {name}: {total} trial(s); {cluster.summary_line(nodes, hosts, resources)}", flush=True)
+    if len(nodes) > 1 and probe:
+        artifacts = tracking._client(uri).get_experiment(exp_id).artifact_location
+        plan = cluster.probe_plan(space, storage, uri, experiment, artifacts)
+        reports = cluster.probe_nodes(hosts, plan, timeout_s=probe_timeout_s)
+        no_cuda = [r["ip"] + "/" + r["node_id"][:8] for r, n in zip(reports, hosts, strict=True)
+                   if n.gpus > 0 and not r["cuda"]]
+        print(f"probe: {len(reports)} node(s) see the storage, data, MANO file and tracking server"
+              + (f"; GPUs declared but no CUDA on {', '.join(no_cuda)}: trials there run on CPU" if no_cuda else ""),
+              flush=True)
+    if not remote_storage:  # a finished trial is on record within seconds (a killed driver re-runs none)
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if verbose == 0:  # Tune's new console output prints its configuration box even when silent
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-    state_path = exp_path / STATE_FILE
+    state_path = cluster.join(exp_path, STATE_FILE)
     restoring = resume and tune.Tuner.can_restore(str(exp_path))
     parent_id = None
-    if resume and state_path.is_file():
+    if resume:
         with contextlib.suppress(Exception):  # reopen the previous parent run when it is still in the store
-            previous = json.loads(state_path.read_text())["parent_run_id"]
+            previous = json.loads(cluster.read_text(state_path) or "{}")["parent_run_id"]
             parent_id = tracking._client().get_run(previous).info.run_id
-    label_keys = _searched_keys(space)
     params = {"sweep": {"name": name, "kind": kind, "metric": metric, "mode": mode, "num_samples": num_samples,
                         "max_failures": max_failures, "resources": resources, "searched": label_keys},
               **dict(parent_params or {})}
     tags = {TAG_SWEEP: name}
     rows: list[dict[str, Any]] = []
     result = SweepResult(name, kind, metric, mode, exp_path, out, None)
+    progress.clear_board(name)
     try:
-        with tracking.tracked_run(experiment, parent_run_name or name, params=params, tags=tags,
-                                  stage=f"sweep-{kind}", uri=uri, run_id=parent_id) as parent:
+        with _patient_http(), tracking.tracked_run(experiment, parent_run_name or name, params=params, tags=tags,
+                                                   stage=f"sweep-{kind}", uri=uri, run_id=parent_id) as parent:
             result.parent_run_id = pid = parent.info.run_id
-            exp_path.mkdir(parents=True, exist_ok=True)
-            _write_atomic(state_path, json.dumps({"parent_run_id": pid, "experiment": experiment,
-                                                  "tracking_uri": uri}) + "\n")
+            cluster.write_text(state_path, json.dumps({"parent_run_id": pid, "experiment": experiment,
+                                                       "tracking_uri": uri}) + "\n")
             space[TRIAL_KEY] = {"uri": uri, "experiment": experiment, "experiment_id": exp_id, "parent_run_id": pid,
                                 "sweep": name, "label_keys": label_keys}
             fn = tune.with_resources(trainable, resources)
@@ -621,15 +722,19 @@ def run_sweep(name: str, trainable: Callable[[dict], Any], param_space: Mapping[
                 tuner = tune.Tuner.restore(str(exp_path), fn, resume_unfinished=True, resume_errored=True,
                                            param_space=space)
             else:
+                reporter = progress.SweepProgress(name, metric, mode, total,
+                                                  functools.partial(trial_label, keys=label_keys), every_s=every_s)
                 tuner = tune.Tuner(fn, param_space=space, tune_config=_tune_config(
                     kind, metric, mode, num_samples, seed, asha, max_concurrent_trials),
                     run_config=tune.RunConfig(
                         name=name, storage_path=str(storage), verbose=verbose,
                         failure_config=tune.FailureConfig(max_failures=max_failures),
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep),
-                        callbacks=[_Heartbeat(uri, pid)]))
-            grid = tuner.fit()
+                        callbacks=[_Heartbeat(uri, pid), reporter]))
+            grid = _fit(tuner, quiet=verbose == 0)
             rows = _rows(grid, label_keys, exp_path)
+            with contextlib.suppress(Exception):
+                _add_placements(rows, pid)
             result.rows, result.best = rows, _best(rows, metric, mode)
             jpath, cpath = _write_results(result)
             client = tracking._client()
@@ -651,7 +756,65 @@ def run_sweep(name: str, trainable: Callable[[dict], Any], param_space: Mapping[
         if result.parent_run_id:
             with contextlib.suppress(Exception):
                 _close_running_children(result.parent_run_id, rows)
+        progress.clear_board(name)
     return result
+
+
+_PATIENT_RETRIES = 7   # MLflow HTTP retries once a sweep runs: backoff 1, 2, 4 ... 64 s, about two minutes in all
+
+
+def _patient_http_env() -> dict[str, str]:
+    try:
+        retries = max(_PATIENT_RETRIES, int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or 0))
+    except ValueError:
+        retries = _PATIENT_RETRIES
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR") or "1"}
+
+
+@contextlib.contextmanager
+def _patient_http() -> Iterator[None]:
+    """While a sweep runs, MLflow HTTP calls wait for a restarting tracking server instead of failing in
+    seconds (the fail-fast check of an unreachable server is :func:`tracking.check_tracking`, done before)."""
+    env = _patient_http_env()
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _fit(tuner, quiet: bool):
+    """``tuner.fit()``; ``quiet``: Tune's per-failure tracebacks off (the progress line and the error file say it)."""
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        return tuner.fit()
+    finally:
+        logger.setLevel(level)
+
+
+def _count_trials(space: Mapping[str, Any], kind: str, num_samples: int) -> int:
+    """How many trials Tune will run: the product of the grid sizes times ``num_samples`` (search: num_samples)."""
+    if kind != "grid":
+        return int(num_samples)
+    n = 1
+    stack = [v for k, v in space.items() if k != TRIAL_KEY]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, Mapping):
+            if set(v) == {"grid_search"}:
+                n *= max(1, len(v["grid_search"]))
+            else:
+                stack.extend(v.values())
+    return n * int(num_samples)
 
 
 def _tune_config(kind: str, metric: str, mode: str, num_samples: int, seed: int | None,

@@ -1,47 +1,54 @@
-"""Training loops of the paper's three stages, and evaluation (§3.5, §4.3).
+"""Training loops of the paper's stages, and evaluation (§3.5, §4.3).
 
     from trainers.config import load_config
-    from trainers.train import build_framework, open_split, make_loaders, fit, evaluate
-    cfg = load_config("train.yaml")
+    from trainers.train import build_framework, make_loaders, fit, evaluate
+    cfg = load_config("params.yaml")
     model = build_framework(cfg)                                         # seeded init
     loaders = make_loaders(cfg, "train", "data/prepared/synth-stb/train", "data/prepared/synth-stb/test")
-    result = fit("train", model, loaders, cfg, "runs/train", resume=True)
+    result = fit("train", model, loaders, cfg, "runs/train")             # continues a run of the same identity
     metrics = evaluate(model, loaders["val"])                            # EPE, AUC, PCK, per-sample preds
 
-    keyhand pretrain-sfe --data data/prepared/synth-obman --out runs/sfe
-    keyhand train --data data/prepared/synth-stb --sfe-checkpoint runs/sfe --out runs/train
-
-Stages (:data:`trainers.config.STAGES`):
+The whole recipe (loaders, framework, pretrained SFE, fit, tracking) is :func:`trainers.run.fit_stage`; the
+gesture classifier's stage (§4.3.3) is :mod:`trainers.gesture`. Stages (:data:`trainers.config.STAGES`):
 
 * ``"sfe"``: SFE pretraining (§4.1.1, ObMan). Loss L_SFE (Eqs. 13-14) on :meth:`Framework.sfe_forward`;
   only the SFE's parameters are given to the optimiser (the VE and HE are neither run nor changed).
 * ``"train"``: full training with the multi-task loss L = L_SFE + L_3D + L_2D + L_M + L_Reg (Eq. 12).
-* ``"gesture"``: the §4.3.3 classifier. The framework is frozen, so its 3D joints are computed once per
-  split (eval mode, no augmentation) and cached in ``out_dir/joints-{split}.pt`` (keyed by a fingerprint of
-  the framework's weights and of the data); the :class:`GestureClassifier` then trains on them.
+
+**Run identity.** A run's identity (:func:`trainers.config.run_hash`) is the content hash of everything
+that changes what its epochs compute: the model, loss and stage settings, the bytes of the prepared data
+and masks it reads, and the weights it starts from (the seeded initialisation with any pretrained SFE
+loaded into it). Every checkpoint records it. :func:`fit` continues the run in ``out_dir`` only when it
+has the same identity (``resume="auto"``; ``"require"`` refuses another one with one line; ``"never"``
+always starts fresh); anything it cannot continue is moved to ``<out_dir>.previous`` (never deleted), and
+the stage starts fresh. Epochs are not part of the identity: asking for more epochs continues the run,
+asking for fewer than it has returns that epoch's checkpoint (later ones are set aside) or, when that
+checkpoint is no longer kept, trains afresh — so the result is always the model a fresh run of that many
+epochs gives.
 
 Every epoch ends with one checkpoint (:mod:`trainers.checkpoint`), written atomically; ``history.json``
-lists the per-epoch metrics. Resuming (``resume=True``) restores weights, optimiser and RNG states from the
-last checkpoint; with the per-epoch data order a function of ``(seed, epoch)`` (:class:`EpochSampler`) and
-§4.2 augmentation keyed by ``(epoch, index)``, a run interrupted mid-epoch and resumed ends with the same
+lists the per-epoch metrics. Continuing restores weights, optimiser and RNG states from the checkpoint;
+with the per-epoch data order a function of ``(seed, epoch)`` (:class:`EpochSampler`) and §4.2
+augmentation keyed by ``(epoch, index)``, a run interrupted mid-epoch and continued ends with the same
 weights as an uninterrupted one (bitwise on CPU; tested). A non-finite loss or gradient stops the run at
 once with one line naming the step and the terms (:class:`NonFiniteLossError`); the bad state is never
 checkpointed.
 
 Callbacks are any objects with some of ``on_epoch_end(epoch, metrics) -> bool | None`` (True = stop after
-this epoch), ``on_checkpoint(path)`` and ``on_step_end(step, terms)``; MLflow / Ray Tune plug in there.
+this epoch), ``on_checkpoint(path)``, ``on_step_end(step, terms)`` and ``on_resume(history)`` (the epochs a
+continued run restored, before any new one); MLflow / Ray Tune plug in there.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,14 +56,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from keyhand.atomic import atomic_path, atomic_write_json
 from keyhand.data.augment import Augmenter
 from keyhand.data.cache import PreparedDataset
 from keyhand.losses import NonFiniteLossError as _LossNonFinite
-from trainers.checkpoint import CheckpointError, latest, load_checkpoint, restore, save_checkpoint
-from trainers.config import STAGES, TrainConfig, run_hash
+from trainers.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+)
+from trainers.config import TrainConfig, run_hash
 from trainers.device import (
     EpochSampler,
     autocast,
@@ -67,10 +82,13 @@ from trainers.device import (
     seed_worker,
 )
 
-__all__ = ["FitError", "NonFiniteLossError", "FitResult", "Callback", "build_framework", "open_split",
-           "make_loader", "make_loaders", "fit", "evaluate", "framework_joints", "evaluate_gesture",
-           "load_sfe_weights", "save_predictions", "build_classifier", "num_gesture_classes",
-           "data_hash"]
+__all__ = ["FitError", "NonFiniteLossError", "FitResult", "Callback", "RESUME_MODES", "build_framework",
+           "open_split", "make_loader", "make_loaders", "fit", "train_epochs", "evaluate", "load_sfe_weights",
+           "save_predictions", "state_fingerprint", "dataset_identity", "plan_start"]
+
+#: ``resume`` of :func:`fit`: "auto" continues a run of the same identity and starts fresh otherwise,
+#: "require" refuses (one line) to start over a run of another identity, "never" always starts fresh.
+RESUME_MODES = ("auto", "require", "never")
 
 
 class FitError(RuntimeError):
@@ -96,10 +114,16 @@ class Callback:
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> bool | None:  # noqa: B027
         """After each epoch (0-based) with its metrics; return True to stop the run after it."""
 
+    def on_resume(self, history: list[dict[str, float]]) -> None:  # noqa: B027
+        """Once, before the first new epoch, with the epochs a continued run restored (may be all of them)."""
+
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did: the epochs it ran, per-epoch metrics, the last checkpoint."""
+    """What :func:`fit` did: the run's identity, the epochs it ran, per-epoch metrics, the last checkpoint.
+
+    ``history`` holds every epoch of the run (restored ones first), so ``metrics`` is the final epoch's.
+    """
 
     stage: str
     params_hash: str
@@ -178,18 +202,28 @@ def _to(batch: dict[str, Tensor], device: torch.device, channels_last: bool = Fa
     return out
 
 
-def data_hash(loader: DataLoader | None) -> str | None:
-    """What identifies a loader's data in the run hash: the prepared split's params hash, size and masks."""
-    return _data_hash(loader)
-
-
-def _data_hash(loader: DataLoader | None) -> str | None:
-    ds = None if loader is None else loader.dataset
-    while ds is not None and not hasattr(ds, "manifest") and hasattr(ds, "dataset"):
+def dataset_identity(loader: DataLoader | Dataset | None) -> str | None:
+    """Content hash of the data a loader reads (a prepared split and its masks: their bytes), for the run
+    identity; a dataset that is not a prepared split is identified by its type and size only."""
+    ds = loader.dataset if isinstance(loader, DataLoader) else loader
+    while ds is not None and not hasattr(ds, "content_hash") and hasattr(ds, "dataset"):
         ds = ds.dataset
-    if ds is not None and hasattr(ds, "manifest"):
-        return f"{ds.manifest['params_hash']}:{len(ds)}:{ds.masks_dir is not None}"
-    return None if ds is None else f"{type(ds).__name__}:{len(ds)}"
+    if ds is None:
+        return None
+    if hasattr(ds, "content_hash"):
+        return ds.content_hash()
+    return f"{type(ds).__name__}:{len(ds)}"  # type: ignore[arg-type]
+
+
+def state_fingerprint(module: nn.Module | dict[str, Tensor]) -> str:
+    """sha256 (16 hex) of a module's state (names, shapes, dtypes, bytes): identifies weights by content."""
+    state = module.state_dict() if isinstance(module, nn.Module) else module
+    h = hashlib.sha256()
+    for k, v in sorted(state.items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -202,7 +236,7 @@ def build_framework(cfg: TrainConfig, seed: int | None = None) -> nn.Module:
     from keyhand.model.framework import Framework
 
     torch.manual_seed(cfg.train.seed if seed is None else seed)
-    return Framework(cfg.model.to_model_config())
+    return Framework(cfg.model)
 
 
 def load_sfe_weights(model: nn.Module, checkpoint: str | os.PathLike) -> Path:
@@ -266,82 +300,160 @@ def _f32(x):
 
 # ------------------------------------------------------------------------------------------------- fit
 
+def _set_aside(out: Path, files: list[Path] | None, why: str, quiet: bool = False) -> Path:
+    """Move ``files`` (None = everything in ``out``) to ``<out>.previous`` (replacing an older one)."""
+    aside = out.with_name(f"{out.name}.previous")
+    if aside.exists():
+        shutil.rmtree(aside)
+    aside.mkdir(parents=True)
+    for f in (files if files is not None else sorted(out.iterdir())):
+        shutil.move(str(f), aside / f.name)
+    if not quiet:
+        print(f"{out}: {why}; moved {'it' if files is None else ', '.join(f.name for f in files)} to {aside}")
+    return aside
+
+
+def plan_start(out: Path, identity: str, epochs: int, resume: str = "auto", quiet: bool = False) -> Path | None:
+    """The checkpoint a run of ``identity`` and ``epochs`` epochs continues from in ``out`` (None = fresh).
+
+    What cannot be continued is moved to ``<out>.previous``: a run of another identity (or with
+    ``resume="never"``), the checkpoints after epoch ``epochs`` of a longer run of this identity, or the
+    whole longer run when its epoch-``epochs`` checkpoint is no longer kept. ``resume="require"`` refuses a
+    run of another identity with one :class:`FitError` line instead.
+    """
+    if resume not in RESUME_MODES:
+        raise FitError(f"resume must be one of {', '.join(RESUME_MODES)}, got {resume!r}")
+    found = list_checkpoints(out)
+    if not found:
+        return None
+    if resume == "never":
+        _set_aside(out, None, "a fresh start was asked for", quiet)
+        return None
+    try:
+        last = load_checkpoint(found[-1])
+        theirs = last.get("params_hash")
+    except CheckpointError:
+        last, theirs = None, "unreadable"
+    if theirs != identity:
+        if resume == "require":
+            raise FitError(f"{out} holds a run of another identity ({theirs}; these settings, data and starting "
+                           f"weights are {identity}): not resuming it; run without --resume to start fresh (it "
+                           f"is then moved to {out.name}.previous) or choose another --out")
+        _set_aside(out, None, f"held a run of another identity ({theirs}, now {identity}); starting fresh", quiet)
+        return None
+    done = int(last["epoch"]) + 1  # type: ignore[index]
+    if done <= epochs:
+        return found[-1]
+    keep = checkpoint_path(out, epochs - 1) if epochs > 0 else None
+    if keep is not None and keep.is_file():
+        later = [p for p in found if p.name > keep.name]
+        _set_aside(out, later, f"{epochs} epochs asked, the run has {done}: continuing from {keep.name}", quiet)
+        return keep
+    _set_aside(out, None, f"{epochs} epochs asked, the run has {done} and no checkpoint of epoch {epochs}; "
+                          "starting fresh", quiet)
+    return None
+
+
 def fit(stage: str, model: nn.Module, loaders: dict[str, DataLoader], cfg: TrainConfig,
-        out_dir: str | os.PathLike, resume: bool = False, callbacks: Sequence[Any] = (), *,
-        framework: nn.Module | None = None, device: str | torch.device | None = "auto", force: bool = False,
-        progress: bool = True, keep: int | None = 2) -> FitResult:
-    """Train ``stage`` (module docstring) for ``cfg.<stage>.epochs`` epochs; one checkpoint per epoch.
+        out_dir: str | os.PathLike, resume: str = "auto", callbacks: Sequence[Any] = (), *,
+        device: str | torch.device | None = "auto", progress: bool = True, keep: int | None = 2) -> FitResult:
+    """Train the framework for stage ``"sfe"`` or ``"train"`` (module docstring) for ``cfg.<stage>.epochs``.
 
     Args:
-        stage: ``"sfe"`` | ``"train"`` | ``"gesture"``.
-        model: a Framework (sfe, train) or a GestureClassifier (gesture).
+        stage: ``"sfe"`` | ``"train"`` (the gesture classifier: :func:`trainers.gesture.fit_gesture`).
+        model: a Framework holding the weights the run starts from (its content is part of the identity).
         loaders: ``{"train": DataLoader, "val": DataLoader (optional)}``, e.g. from :func:`make_loaders`.
         cfg: the settings; ``cfg.<stage>`` drives the loop, ``cfg.loss`` the loss.
-        out_dir: checkpoints, ``history.json`` (and the gesture stage's joint caches).
-        resume: continue from the last checkpoint of ``out_dir`` (a fresh start when there is none).
-        callbacks: objects with ``on_epoch_end`` / ``on_checkpoint`` / ``on_step_end`` (module docstring).
-        framework: the frozen Framework whose 3D joints the gesture stage classifies.
+        out_dir: checkpoints and ``history.json``.
+        resume: "auto" | "require" | "never" (:data:`RESUME_MODES`, module docstring).
+        callbacks: objects with ``on_epoch_end`` / ``on_checkpoint`` / ``on_step_end`` / ``on_resume``.
         device: "auto" (CUDA when present), "cpu", "cuda:0" ...
-        force: resume even when the checkpoint's params hash differs from these settings'.
         keep: checkpoints kept (newest), None = all.
     Raises:
         FitError (one line) for a bad start, NonFiniteLossError when the loss goes NaN/inf.
     """
-    if stage not in STAGES:
-        raise FitError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if stage not in ("sfe", "train"):
+        raise FitError(f"fit trains the framework (stage 'sfe' or 'train'), got {stage!r}"
+                       + ("; the gesture classifier: trainers.gesture.fit_gesture" if stage == "gesture" else ""))
     if "train" not in loaders:
         raise FitError("fit needs loaders['train']")
+    if stage == "sfe" and getattr(model, "sfe", None) is None:
+        raise FitError("SFE pretraining needs model.sfe != 'none'")
+    inputs = {s: dataset_identity(ld) for s, ld in loaders.items() if ld is not None}
+    inputs["init"] = state_fingerprint(model)
+    params = list(model.sfe.parameters()) if stage == "sfe" else [p for p in model.parameters() if p.requires_grad]
+    w = cfg.loss.to_loss_weights()
+    step_fn = _sfe_step if stage == "sfe" else _full_step
+    return train_epochs(stage, model, params, step_fn, _validator(stage, w), loaders, cfg, out_dir,
+                        run_hash(cfg, stage, inputs), w, resume=resume, callbacks=callbacks, device=device,
+                        progress=progress, keep=keep)
+
+
+def _validator(stage: str, w) -> Callable[[nn.Module, DataLoader, torch.device, str], dict]:
+    @torch.no_grad()
+    def validate(model: nn.Module, loader: DataLoader, dev: torch.device, amp: str) -> dict:
+        if stage == "train":
+            m = evaluate(model, loader, device=dev, amp=amp, keep_predictions=False)
+            return {k: v for k, v in m.items() if isinstance(v, int | float)}
+        model.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in loader:
+            batch = _to(batch, dev)
+            with autocast(dev, amp):
+                loss, terms = _sfe_step(model, batch, w)
+            n = int(batch["image"].shape[0])
+            for k, v in {**terms, "total": loss}.items():
+                if isinstance(v, Tensor):
+                    sums[k] = sums.get(k, 0.0) + float(v) * n
+            count += n
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    return validate
+
+
+def train_epochs(stage: str, model: nn.Module, params: list[nn.Parameter], step_fn: Callable,
+                 validate: Callable | None, loaders: dict[str, DataLoader], cfg: TrainConfig,
+                 out_dir: str | os.PathLike, identity: str, w: Any = None, *, resume: str = "auto",
+                 callbacks: Sequence[Any] = (), device: str | torch.device | None = "auto", progress: bool = True,
+                 keep: int | None = 2, extra: dict | None = None) -> FitResult:
+    """The epoch loop every stage shares: Adam (§4.3.1), one checkpoint and history entry per epoch.
+
+    ``step_fn(model, batch, w) -> (loss, terms)``; ``validate(model, loader, device, amp) -> metrics`` on
+    ``loaders["val"]``; ``identity``: the run's :func:`trainers.config.run_hash` (what :func:`plan_start`
+    compares). ``model`` is the plain module whose state is checkpointed.
+    """
     st = cfg.stage(stage)
     dev = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if stage == "gesture":
-        if framework is None:
-            raise FitError("the gesture stage needs the frozen framework (framework=...)")
-        data = {s: f"joints:{_data_hash(ld)}" for s, ld in loaders.items() if ld is not None}
-        data["framework"] = _fingerprint(framework)
-    else:
-        data = {s: _data_hash(ld) for s, ld in loaders.items() if ld is not None}
-    phash = run_hash(cfg, stage, data)
-
-    found = latest(out)
-    if found is not None and not resume:
-        raise FitError(f"{out} already holds checkpoints ({found.name}): pass --resume to continue that run "
-                       f"or choose another --out")
-    seed_everything(st.seed, dev)  # a resumed run then restores the checkpoint's RNG states over these
-    if not resume or found is None:
+    found = plan_start(out, identity, st.epochs, resume, quiet=not progress)
+    seed_everything(st.seed, dev)  # a continued run then restores the checkpoint's RNG states over these
+    if found is None:
         (out / "history.json").unlink(missing_ok=True)
-
-    base = model
-    base.to(dev)
-    if stage == "gesture":
-        framework.to(dev).eval()
-        for p in framework.parameters():
-            p.requires_grad_(False)
-        loaders = _gesture_loaders(framework, loaders, cfg, out, dev, progress)
-        params = [p for p in base.parameters() if p.requires_grad]
-    elif stage == "sfe":
-        if getattr(base, "sfe", None) is None:
-            raise FitError("SFE pretraining needs model.sfe != 'none'")
-        params = list(base.sfe.parameters())
-    else:
-        params = [p for p in base.parameters() if p.requires_grad]
+    model.to(dev)
     optimizer = torch.optim.Adam(params, lr=st.lr, weight_decay=st.weight_decay)  # §4.3.1
 
     start, history = 0, []
-    if resume and found is not None:
+    if found is not None:
         try:
-            ckpt = load_checkpoint(found, params_hash=phash, force=force, map_location=dev)
+            ckpt = load_checkpoint(found, params_hash=identity, map_location=dev)
         except CheckpointError as e:
             raise FitError(str(e)) from None
-        start = restore(ckpt, base, optimizer)
+        start = restore(ckpt, model, optimizer)
         history = _read_history(out)[:start]
-    run_model = prepare_model(base, dev, st.channels_last and stage != "gesture", st.compile)
-    w = cfg.loss.to_loss_weights() if stage != "gesture" else None
-    step_fn = {"sfe": _sfe_step, "train": _full_step, "gesture": _gesture_step}[stage]
+        if len(history) < start:
+            raise FitError(f"{out}/history.json lists {len(history)} epochs but {found.name} is epoch {start}: "
+                           f"move {out} away to start fresh")
+        _write_history(out, history)
+    channels_last = st.channels_last and stage != "gesture"
+    run_model = prepare_model(model, dev, channels_last, st.compile)
     callbacks = list(callbacks)
-    result = FitResult(stage, phash, start, 0, history, found if resume else None)
-    config_dump = cfg.model_dump()
+    for cb in callbacks:
+        if hasattr(cb, "on_resume"):
+            cb.on_resume([dict(h) for h in history])
+    result = FitResult(stage, identity, start, 0, history, found)
+    config_dump = {"stage": stage, **cfg.training().model_dump()}
     global_step = start * len(loaders["train"])
 
     for epoch in range(start, st.epochs):
@@ -355,7 +467,7 @@ def fit(stage: str, model: nn.Module, loaders: dict[str, DataLoader], cfg: Train
                    dynamic_ncols=True)
         try:
             for step, batch in enumerate(bar):
-                batch = _to(batch, dev, st.channels_last and stage != "gesture")
+                batch = _to(batch, dev, channels_last)
                 with autocast(dev, st.amp):
                     loss, terms = step_fn(run_model, batch, w)
                 # one device->host read per term: logged below and checked here, before any update
@@ -371,7 +483,7 @@ def fit(stage: str, model: nn.Module, loaders: dict[str, DataLoader], cfg: Train
                     raise NonFiniteLossError(_nan_message(epoch, step, global_step, [f"grad_norm={float(norm)}"],
                                                           result.checkpoint))
                 optimizer.step()
-                n = int(batch["image"].shape[0]) if "image" in batch else int(next(iter(batch.values())).shape[0])
+                n = int(next(iter(v for v in batch.values() if isinstance(v, Tensor))).shape[0])
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v * n
                 count += n
@@ -384,15 +496,13 @@ def fit(stage: str, model: nn.Module, loaders: dict[str, DataLoader], cfg: Train
         finally:
             bar.close()
         metrics = {f"train/{k}": v / max(count, 1) for k, v in sums.items()}
-        if loaders.get("val") is not None:
-            metrics.update({f"val/{k}": v for k, v in _validate(stage, run_model, loaders["val"], w, dev, st.amp)
-                            .items()})
+        if validate is not None and loaders.get("val") is not None:
+            metrics.update({f"val/{k}": v for k, v in validate(run_model, loaders["val"], dev, st.amp).items()})
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics["epoch_time_s"] = time.perf_counter() - t0
         history.append({"epoch": epoch, **metrics})
-        path = save_checkpoint(out, epoch=epoch, model=base, optimizer=optimizer, params_hash=phash,
-                               metrics=metrics, config={"stage": stage, **config_dump},
-                               extra={"framework": data.get("framework", "")}, keep=keep)
+        path = save_checkpoint(out, epoch=epoch, model=model, optimizer=optimizer, params_hash=identity,
+                               metrics=metrics, config=config_dump, extra=extra, keep=keep)
         _write_history(out, history)
         result.checkpoint, result.epochs_run = path, result.epochs_run + 1
         if progress:
@@ -427,32 +537,7 @@ def _read_history(out: Path) -> list[dict]:
 
 
 def _write_history(out: Path, history: list[dict]) -> None:
-    tmp = out / f".history.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(history, indent=1))
-    os.replace(tmp, out / "history.json")
-
-
-@torch.no_grad()
-def _validate(stage: str, model: nn.Module, loader: DataLoader, w, dev: torch.device, amp: str) -> dict:
-    if stage == "train":
-        m = evaluate(model, loader, device=dev, amp=amp, keep_predictions=False)
-        return {k: v for k, v in m.items() if isinstance(v, int | float)}
-    if stage == "gesture":
-        m = evaluate_gesture(model, loader, device=dev)
-        return {k: v for k, v in m.items() if isinstance(v, int | float)}
-    model.eval()
-    sums: dict[str, float] = {}
-    count = 0
-    for batch in loader:
-        batch = _to(batch, dev)
-        with autocast(dev, amp):
-            loss, terms = _sfe_step(model, batch, w)
-        n = int(batch["image"].shape[0])
-        for k, v in {**terms, "total": loss}.items():
-            if isinstance(v, Tensor):
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-        count += n
-    return {k: v / max(count, 1) for k, v in sums.items()}
+    atomic_write_json(out / "history.json", history, indent=1)
 
 
 # -------------------------------------------------------------------------------------------- evaluate
@@ -468,14 +553,18 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
     ``joints_3d_gt`` (N, 21, 3) mm camera frame, ``joints_2d`` / ``joints_2d_gt`` (N, 21, 2) crop px,
     ``epe`` (N,) mm root-relative, and the HE parameters ``t`` (N, 2), ``s`` (N, 1), ``rot`` (N, 3),
     ``theta`` (N, P), ``beta`` (N, 10) from which :mod:`trainers.predict` rebuilds meshes.
+    The dict also holds the metrics beyond the paper (``keyhand.metrics.SUMMARY_KEYS``: aligned EPEs,
+    F-scores, and vertex errors where the split has ground-truth meshes, ``read_split_vertices``).
     Samples without 3D joints are skipped in the metrics.
     """
+    from keyhand.data.prepare import read_split_vertices
     from keyhand.metrics import PoseEvaluator
 
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     ev = PoseEvaluator()
+    gt_mesh = read_split_vertices(getattr(getattr(loader, "dataset", None), "split_dir", None))  # (N, V, 3) | None
     keep: dict[str, list[np.ndarray]] = {}
     count = 0
     try:
@@ -488,7 +577,9 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
             has = batch.get("has_joints_3d")
             sel = torch.ones(len(pred), dtype=torch.bool, device=pred.device) if has is None else has > 0
             if bool(sel.any()):
-                ev.update(pred[sel], gt[sel])
+                mesh = None if gt_mesh is None else gt_mesh[batch["index"][sel].cpu().numpy()]
+                verts = None if out.vertices is None else out.vertices[sel]   # None: the direct control
+                ev.update(pred[sel], gt[sel], pred_vertices=verts, gt_vertices=None if verts is None else mesh)
             count += int(sel.sum())
             if keep_predictions:
                 rel_p = pred - pred[:, :1]
@@ -514,148 +605,6 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
 
 def save_predictions(path: str | os.PathLike, predictions: dict[str, np.ndarray]) -> Path:
     """Write per-sample predictions (:func:`evaluate`) as a compressed ``.npz``, atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **predictions)
-    os.replace(tmp, p)
-    return p
-
-
-# --------------------------------------------------------------------------------------------- gesture
-
-def _fingerprint(module: nn.Module) -> str:
-    """sha256 (16 hex) of a module's state (names, shapes, bytes): identifies the frozen framework."""
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(k.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-@torch.no_grad()
-def framework_joints(framework: nn.Module, loader: DataLoader, device: str | torch.device | None = None,
-                     amp: str = "auto", progress: bool = False) -> dict[str, Tensor]:
-    """The frozen framework's 3D joints of every sample (§4.3.3: the classifier's input).
-
-    Returns ``{"joints_3d": (N, 21, 3) float32 mm (R·J as the HE outputs it), "gesture": (N,) int64,
-    "index": (N,) int64}`` in loader order (the loader should not shuffle nor augment).
-    """
-    dev = resolve_device(device) if device is not None else next(framework.parameters()).device
-    was = framework.training
-    framework.eval()
-    joints, labels, index = [], [], []
-    try:
-        for batch in tqdm(loader, desc="frozen framework joints", disable=not progress, leave=False):
-            with autocast(dev, amp):
-                out = framework(batch["image"].to(dev), render=False)
-            joints.append(out.joints_3d.float().cpu())
-            labels.append(batch["gesture"].cpu())
-            index.append(batch["index"].cpu())
-    finally:
-        framework.train(was)
-    return {"joints_3d": torch.cat(joints), "gesture": torch.cat(labels), "index": torch.cat(index)}
-
-
-def _cached_joints(framework: nn.Module, loader: DataLoader, split: str, out: Path, dev: torch.device,
-                   progress: bool) -> dict[str, Tensor]:
-    key = f"{_fingerprint(framework)}:{_data_hash(loader)}"
-    path = out / f"joints-{split}.pt"
-    if path.is_file():
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            if cached.get("key") == key:
-                return cached["data"]
-        except Exception:  # noqa: BLE001 - a bad cache is recomputed
-            pass
-    dataset = loader.dataset
-    if getattr(dataset, "augment", None) is not None:
-        dataset = copy.copy(dataset)  # the classifier sees the framework's joints of the unaltered images
-        dataset.augment = None
-    plain = make_loader(dataset, loader.batch_size or 32, shuffle=False)
-    data = framework_joints(framework, plain, dev, progress=progress)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"key": key, "data": data}, tmp)
-    os.replace(tmp, path)
-    return data
-
-
-def _gesture_loaders(framework: nn.Module, loaders: dict, cfg: TrainConfig, out: Path, dev: torch.device,
-                     progress: bool) -> dict[str, DataLoader]:
-    st = cfg.gesture
-    result = {}
-    for split, ld in loaders.items():
-        if ld is None:
-            continue
-        data = _cached_joints(framework, ld, split, out, dev, progress)
-        if bool((data["gesture"] < 0).any()):
-            raise FitError(f"split {split!r} has samples without a gesture label: the gesture stage needs a "
-                           f"gesture dataset (synth-gestures, rwth, senz3d)")
-        ds = TensorDataset(data["joints_3d"], data["gesture"])
-        result[split] = make_loader(_JointsDict(ds), st.batch_size, split == "train", st.seed)
-    return result
-
-
-class _JointsDict(Dataset):
-    """Cached (joints, label) pairs as the dict batches the gesture step reads."""
-
-    def __init__(self, ds: TensorDataset) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        j, g = self.ds[i]
-        return {"joints_3d": j, "gesture": g}
-
-
-def _gesture_step(model: nn.Module, batch: dict, w) -> tuple[Tensor, dict[str, Tensor]]:
-    logits = model(batch["joints_3d"])
-    loss = torch.nn.functional.cross_entropy(logits.float(), batch["gesture"])
-    acc = (logits.argmax(-1) == batch["gesture"]).float().mean()
-    return loss, {"ce": loss.detach(), "accuracy": acc.detach()}
-
-
-@torch.no_grad()
-def evaluate_gesture(model: nn.Module, loader: DataLoader, device: str | torch.device | None = None,
-                     num_classes: int | None = None) -> dict[str, Any]:
-    """Gesture accuracy of a classifier on cached-joint batches (``joints_3d``, ``gesture``): §4.3.3, Table 6.
-
-    Returns :func:`keyhand.metrics.gesture_metrics` (``accuracy``, ``per_class_accuracy``, ``confusion``,
-    ``labels``, ``count``) over classes ``0 .. num_classes - 1`` (default: the classifier's ``num_classes``).
-    """
-    from keyhand.metrics import gesture_metrics
-
-    dev = resolve_device(device) if device is not None else next(model.parameters()).device
-    was = model.training
-    model.eval()
-    preds, labels = [], []
-    try:
-        for batch in loader:
-            preds.append(model(batch["joints_3d"].to(dev)).argmax(-1).cpu())
-            labels.append(batch["gesture"].cpu())
-    finally:
-        model.train(was)
-    k = num_classes or getattr(model, "num_classes", None) or int(torch.cat(labels + preds).max()) + 1
-    return gesture_metrics(torch.cat(labels), torch.cat(preds), list(range(k)))
-
-
-def build_classifier(cfg: TrainConfig, num_classes: int, seed: int | None = None) -> nn.Module:
-    """The §4.3.3 :class:`GestureClassifier` of ``cfg.classifier``, initialised from ``seed`` (gesture stage's)."""
-    from keyhand.model.gesture import GestureClassifier
-
-    torch.manual_seed(cfg.gesture.seed if seed is None else seed)
-    return GestureClassifier(num_classes, hidden=cfg.classifier.hidden, dropout=cfg.classifier.dropout)
-
-
-def num_gesture_classes(dataset: Dataset) -> int:
-    """Gesture classes of a prepared split: its manifest's names, else the largest label + 1."""
-    manifest = getattr(dataset, "manifest", {})
-    names = manifest.get("gesture_names") or {}
-    if names:
-        return max(int(k) for k in names) + 1
-    labels = [int(dataset[i]["gesture"]) for i in range(len(dataset))]  # type: ignore[arg-type]
-    return max(labels) + 1 if labels else 0
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **predictions)
+    return Path(path)

@@ -15,18 +15,23 @@ every epoch through ``ray.tune.report`` so ASHA can stop a search trial early (g
 * ``search_trial``: the same on ``spec["base"]`` with the sampled dotted keys (``train.lr`` ...) applied.
 * ``fold_trial``: §4.3.3 — the frozen framework's 3D joints of the gesture set were computed once by the
   driver (``spec["joints"]``); the fold's split (:func:`keyhand.model.gesture.cv_splits`) trains a fresh
-  :class:`GestureClassifier` and reports the fold's test ``accuracy``; the fold's confusion matrix and
-  per-class accuracy go to ``spec["out"]/fold-<k>.json``.
+  :class:`GestureClassifier` through the gesture stage's loop (:func:`trainers.gesture.fit_on_joints`,
+  checkpoints in ``spec["out"]/fold-<k>/``) and reports the fold's test ``accuracy`` every epoch; the
+  fold's confusion matrix and per-class accuracy go to ``spec["out"]/fold-<k>.json``.
+
+Training goes through :func:`trainers.run.fit_stage` / :func:`trainers.gesture.fit_on_joints`, the same
+path as the CLI and the DVC stages.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from keyhand.atomic import atomic_write_json
 
 __all__ = ["ablation_trial", "search_trial", "fold_trial", "train_and_evaluate"]
 
@@ -44,25 +49,30 @@ class _TuneReport:
                 report[key] = float(metrics[f"val/{key}"])
         tune.report(report)
 
+    def on_resume(self, history: list[dict[str, float]]) -> None:
+        """A retried or resumed trial continuing its checkpoints: report the last restored epoch, so that Tune
+        has the trial's metric even when no epoch is left to run (its node or driver died after the last one)."""
+        _report_last(self, history)
 
-def train_and_evaluate(cfg_dict: dict, data: dict[str, str], out: str | os.PathLike, sfe_checkpoint: str | None,
-                       callbacks: list) -> dict[str, float]:
-    """Train a Framework of ``cfg_dict`` on ``data["train"]`` (validated on ``data["val"]`` each epoch)."""
-    from trainers.checkpoint import latest
+
+def _report_last(callback: Any, history: list[dict[str, float]]) -> None:
+    if history:
+        last = dict(history[-1])
+        callback.on_epoch_end(int(last.pop("epoch", len(history) - 1)), last)
+
+
+def train_and_evaluate(cfg_dict: dict, data: dict[str, str | None], out: str | os.PathLike,
+                       sfe_checkpoint: str | None, callbacks: list) -> dict[str, float]:
+    """:func:`trainers.run.fit_stage` of the ``train`` stage in a worker: the trial's child MLflow run is the
+    active one; ``data`` is a :meth:`trainers.run.StageData.as_dict`. A retried trial continues its folder
+    when the identity matches (:mod:`trainers.train`)."""
     from trainers.config import TrainConfig
-    from trainers.tracking import MlflowCallback
-    from trainers.train import build_framework, fit, load_sfe_weights, make_loaders
+    from trainers.run import StageData, fit_stage
 
     torch.set_num_threads(max(1, int(os.environ.get("KEYHAND_TRIAL_THREADS", "1"))))
     cfg = TrainConfig.model_validate(cfg_dict)
-    loaders = make_loaders(cfg, "train", data["train"], data.get("val"),
-                           masks={"train": data.get("masks_train"), "val": data.get("masks_val")})
-    model = build_framework(cfg)
-    if sfe_checkpoint and model.sfe is not None:
-        load_sfe_weights(model, sfe_checkpoint)
-    out = Path(out)
-    result = fit("train", model, loaders, cfg, out, resume=latest(out) is not None, force=False,
-                 callbacks=[MlflowCallback(), *callbacks], progress=False)
+    result = fit_stage(cfg, "train", StageData.from_dict(data), out, sfe_init=sfe_checkpoint,
+                       callbacks=callbacks, track=True, progress=False)
     return result.metrics
 
 
@@ -79,7 +89,8 @@ def ablation_trial(config: dict[str, Any]) -> None:
 
 def search_trial(config: dict[str, Any]) -> None:
     """One Optuna sample: the base configuration with the sampled dotted keys (``train.lr`` ...)."""
-    from trainers.sweep import apply_overrides, trial_label, trial_run
+    from keyhand.config import apply_overrides
+    from trainers.sweep import trial_label, trial_run
 
     spec = config["spec"]
     sampled = {k: v for k, v in config.items() if k != "spec" and not k.startswith("_")}
@@ -90,12 +101,25 @@ def search_trial(config: dict[str, Any]) -> None:
                            [_TuneReport()])
 
 
+class _FoldReport:
+    """fit callback of a fold: the test-fold accuracy of each epoch to ray.tune."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        from ray import tune
+
+        tune.report({"accuracy": float(metrics["val/accuracy"]), "train_loss": float(metrics["train/ce"]),
+                     "epoch": epoch + 1})
+
+    def on_resume(self, history: list[dict[str, float]]) -> None:
+        """As :meth:`_TuneReport.on_resume`: a fold whose checkpoints hold every epoch still reports its accuracy."""
+        _report_last(self, history)
+
+
 def fold_trial(config: dict[str, Any]) -> None:
     """One fold of the §4.3.3 gesture cross-validation (module docstring)."""
-    from ray import tune
-
-    from keyhand.metrics import gesture_metrics
-    from keyhand.model.gesture import GestureClassifier, cv_splits
+    from keyhand.model.gesture import cv_splits
+    from trainers.config import TrainConfig
+    from trainers.gesture import build_classifier, evaluate_gesture, fit_on_joints, joints_loader
     from trainers.sweep import trial_run
 
     spec, fold = config["spec"], int(config["fold"])
@@ -107,42 +131,21 @@ def fold_trial(config: dict[str, Any]) -> None:
     splits = cv_splits(labels.numpy(), k=cv["folds"], test_fraction=cv["test_fraction"], seed=cv["seed"],
                        subjects=None if subjects is None else subjects.numpy(), mode=cv["mode"])
     train_idx, test_idx = (torch.as_tensor(i, dtype=torch.long) for i in splits[fold])
-    st, num_classes = spec["gesture"], int(spec["num_classes"])
+    cfg = TrainConfig.model_validate(spec["config"])
+    num_classes = int(spec["num_classes"])
+    out = Path(spec["out"])
     with trial_run(config, params={"fold": fold, "train_size": len(train_idx), "test_size": len(test_idx),
-                                   "gesture": st, "classifier": spec["classifier"], "cv": cv},
-                   stage="gesture-cv") as run:
-        torch.manual_seed(st["seed"] + fold)
-        model = GestureClassifier(num_classes, hidden=spec["classifier"]["hidden"],
-                                  dropout=spec["classifier"]["dropout"])
-        opt = torch.optim.Adam(model.parameters(), lr=st["lr"], weight_decay=st["weight_decay"])
-        gen = torch.Generator().manual_seed(st["seed"] * 1000 + fold)
-        x_train, y_train = joints[train_idx], labels[train_idx]
-        for epoch in range(st["epochs"]):
-            model.train()
-            order = torch.randperm(len(train_idx), generator=gen)
-            total = 0.0
-            for start in range(0, len(order), st["batch_size"]):
-                b = order[start:start + st["batch_size"]]
-                loss = torch.nn.functional.cross_entropy(model(x_train[b]), y_train[b])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss) * len(b)
-            if (epoch + 1) % max(1, st["epochs"] // 5) == 0 or epoch + 1 == st["epochs"]:
-                model.eval()
-                with torch.no_grad():
-                    pred = model(joints[test_idx]).argmax(-1)
-                m = gesture_metrics(labels[test_idx], pred, list(range(num_classes)))
-                tune.report({"accuracy": float(m["accuracy"]), "train_loss": total / len(order), "epoch": epoch + 1})
-        out = Path(spec["out"])
-        out.mkdir(parents=True, exist_ok=True)
+                                   "gesture": cfg.gesture.model_dump(), "classifier": cfg.classifier.model_dump(),
+                                   "cv": cv}, stage="gesture-cv") as run:
+        model = build_classifier(cfg, num_classes, seed=cfg.gesture.seed + fold)
+        fit_on_joints(model, {"train": (joints[train_idx], labels[train_idx]),
+                              "val": (joints[test_idx], labels[test_idx])},
+                      cfg, out / f"fold-{fold}", callbacks=[_FoldReport()], progress=False, keep=1)
+        m = evaluate_gesture(model, joints_loader(joints[test_idx], labels[test_idx], 256), num_classes=num_classes)
         record = {"fold": fold, "accuracy": float(m["accuracy"]), "confusion": _tolist(m["confusion"]),
                   "per_class_accuracy": _tolist(m["per_class_accuracy"]), "test_size": len(test_idx),
                   "train_size": len(train_idx)}
-        path = out / f"fold-{fold}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        path = atomic_write_json(out / f"fold-{fold}.json", record, indent=None)
         if run is not None:
             import mlflow
 

@@ -51,9 +51,36 @@ n_fin = int((ablation_children["status"] == "FINISHED").sum()) if len(ablation_c
 cols[3].metric("Ablation rows finished (latest sweep)",
                f"{n_fin} / {len(ablation_children)}" if len(ablation_children) else "—")
 
+
+def _eval(key: str) -> float | None:
+    """A metric of the latest evaluation: its MLflow run, else runs/metrics/evaluate.json."""
+    v = _metric(evaluation, key)
+    if v is None:
+        f = file_eval.get(key)
+        v = None if f is None or (isinstance(f, float) and math.isnan(f)) else float(f)
+    return v
+
+
+def _pair(a: float | None, b: float | None, fmt: str) -> str:
+    return "—" if a is None and b is None else " / ".join("—" if v is None else format(v, fmt) for v in (a, b))
+
+
+# Beyond the paper (keyhand.metrics): aligned EPEs, F-scores, mesh errors where a ground-truth mesh exists
+extra = st.columns(4)
+extra[0].metric("EPE scale-aligned / Procrustes (mm)", _pair(_eval("epe_scaled_mean"), _eval("epe_pa_mean"), ".2f"),
+                help="prediction rescaled to the ground truth's middle-finger MCP→PIP bone (hand3d) / after the best "
+                     "rotation, scale and translation (PA-EPE)")
+extra[1].metric("F@5 / F@15 mm (joints)", _pair(_eval("f5_joints"), _eval("f15_joints"), ".3f"),
+                help="F-score of the Procrustes-aligned 21 joints as point sets (FreiHAND's definition)")
+extra[2].metric("Mesh error root / Procrustes (mm)",
+                _pair(_eval("mesh_error_mean"), _eval("mesh_error_pa_mean"), ".2f"),
+                help="mean vertex distance to the ground-truth mesh (synthetic sets; none for STB)")
+extra[3].metric("F@5 / F@15 mm (mesh)", _pair(_eval("f5_mesh"), _eval("f15_mesh"), ".3f"),
+                help="FreiHAND's F-scores on the Procrustes-aligned vertices")
+
 st.subheader("Latest run of each experiment")
 HEADLINE = {"pretrain_sfe": ["train/total"], "train": ["val/epe_mean", "train/total"],
-            "evaluate": ["epe_mean", "auc"], "ablation": [], "gesture_cv": ["gesture_accuracy_mean"],
+            "evaluate": ["epe_mean", "auc", "epe_pa_mean"], "ablation": [], "gesture_cv": ["gesture_accuracy_mean"],
             "search": ["epe_mean"]}
 rows = []
 for role, name in proj.experiments.items():

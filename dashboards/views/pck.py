@@ -15,6 +15,7 @@ evals = runs[(runs["experiment"] == proj.experiment("evaluate"))] if not runs.em
 
 curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 aucs: dict[str, float] = {}
+beyond: dict[str, dict[str, float]] = {}     # label -> the metrics beyond the paper
 if len(evals):
     labels = evals["label"].tolist()
     picked = st.multiselect("Evaluation runs", labels, default=labels[:1], key="pck_runs",
@@ -27,6 +28,7 @@ if len(evals):
             auc = row.get("metrics.auc")
             if auc is not None and not np.isnan(auc):
                 aucs[label] = float(auc)
+            beyond[label] = {k: row.get(f"metrics.{k}") for k in figures.BEYOND_PAPER}
         else:
             st.warning(f"{label}: logged no PCK curve")
 else:
@@ -38,6 +40,7 @@ else:
         ev = data.read_json(proj.runs_dir / "metrics" / "evaluate.json") or {}
         if ev.get("auc") is not None:
             aucs["evaluate (pck.json)"] = float(ev["auc"])
+        beyond["evaluate (pck.json)"] = {k: ev.get(k) for k in figures.BEYOND_PAPER}
     else:
         ui.no_runs(proj, "evaluation runs")
 
@@ -45,6 +48,15 @@ if curves:
     st.plotly_chart(figures.pck_figure(curves, aucs), width="stretch", key="pck_chart")
     st.caption("Fraction of joints whose root-relative 3D error is below the threshold (the lmb-freiburg/hand3d "
                "protocol the paper's Table 5 uses); AUC over 20-50 mm.")
+
+if beyond:
+    st.subheader("Beyond the paper")
+    frame = figures.beyond_paper_frame(beyond)
+    st.dataframe(frame.style.format({k: "{:.3f}" for k in beyond}, na_rep="—"), hide_index=True, width="stretch",
+                 key="beyond_table")
+    st.caption("Aligned EPEs (scale: the ground truth's middle-finger MCP→PIP bone as hand3d; Procrustes: best "
+               "rotation, scale and translation), F-scores as FreiHAND defines them (point sets, Procrustes-aligned), "
+               "and the mesh error where the split has a ground-truth mesh (the synthetic sets). keyhand.metrics.")
 
 st.subheader("Table 5: AUC (3D PCK 20-50 mm) on STB")
 table5 = load_paper_results()["tables"]["table5"]

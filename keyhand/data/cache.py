@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from keyhand.atomic import atomic_path, atomic_write_json
 from keyhand.data.augment import Augmenter
 from keyhand.data.crop import normalize
 from keyhand.data.heatmaps import DEFAULT_SIGMA, joint_heatmaps
@@ -88,13 +89,7 @@ def params_hash(params: dict) -> str:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_json(path, obj, indent=1)
 
 
 class _ShardWriter:
@@ -120,13 +115,12 @@ class _ShardWriter:
         for f, arr in self.arrays.items():
             final = self.out_dir / f"{f}-{self.index:05d}.npy"
             if self.n < self.capacity:  # last shard: copy the filled rows to an exact-size file
-                trimmed = self.out_dir / f".{f}-{self.index:05d}.trim.tmp"
-                out = np.lib.format.open_memmap(trimmed, mode="w+", dtype=arr.dtype,
-                                                shape=(self.n, *arr.shape[1:]))
-                out[:] = arr[:self.n]
-                out.flush()
-                del out
-                os.replace(trimmed, final)
+                with atomic_path(final) as trimmed:
+                    out = np.lib.format.open_memmap(trimmed, mode="w+", dtype=arr.dtype,
+                                                    shape=(self.n, *arr.shape[1:]))
+                    out[:] = arr[:self.n]
+                    out.flush()
+                    del out
                 self.tmp[f].unlink()
             else:
                 arr.flush()
@@ -350,6 +344,24 @@ class PreparedDataset(Dataset):
         self._arrays: dict[str, list[np.ndarray]] | None = None
         self._masks: np.ndarray | None = None  # packed GrabCut masks (memmap), opened lazily
         self._keys: dict[int, list[str]] = {}
+        self._content_hash: str | None = None
+
+    def content_hash(self) -> str:
+        """sha256 (16 hex) of the bytes this dataset reads: the split's manifest and shard files and, with
+        ``masks_dir``, the packed masks and their manifest (a run's identity; computed once)."""
+        if self._content_hash is None:
+            h = hashlib.sha256()
+            shards = self.manifest["shards"]
+            names = sorted({s["keys"] for s in shards} | {f for s in shards for f in s["files"].values()})
+            files = [self.split_dir / MANIFEST, *(self.split_dir / n for n in names)]
+            if self.masks_dir is not None:
+                files += [self.masks_dir / MASKS_MANIFEST, self.masks_dir / MASKS_FILE]
+            for path in files:
+                h.update(f"{path.parent.name}/{path.name}\0".encode())
+                with open(path, "rb") as f:
+                    h.update(hashlib.file_digest(f, "sha256").digest())
+            self._content_hash = h.hexdigest()[:16]
+        return self._content_hash
 
     def __len__(self) -> int:
         return int(self.manifest["count"])

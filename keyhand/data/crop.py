@@ -13,6 +13,13 @@ centre ``(out_size - 1) / 2``.
 The affine ``A`` (3×3, last row 0 0 1) maps original pixels to crop pixels: ``[u', v', 1] = A [u, v, 1]``.
 It is a scale and translation only, so the cropped intrinsics are ``K' = A K`` (projecting the
 unchanged camera-frame 3D joints with ``K'`` gives the cropped 2D joints).
+
+Mirroring (:func:`mirror_sample`, used at preparation to turn left hands into right ones for the right MANO
+model): the image is flipped about its vertical centre line, ``u' = W − 1 − u`` (pixel flip ``F``), the
+camera-frame 3D points are reflected ``X' = −X`` (``D = diag(−1, 1, 1)``) and the intrinsics become
+``K' = F K D``: then ``K' X' = F K X``, i.e. the mirrored 3D joints project exactly onto the mirrored 2D
+joints, whatever the principal point (``c_x' = W − 1 − c_x``). On a crop it is the same as cropping the
+mirrored image with the mirrored box (the crop affine commutes with the flip about the crop's centre).
 """
 
 from __future__ import annotations
@@ -25,10 +32,15 @@ import numpy as np
 from keyhand.data.record import MIDDLE_MCP, NUM_JOINTS, AnnotationError, DatasetError, HandSample
 
 __all__ = ["CropBox", "crop_params", "crop_affine", "crop_image", "transform_points", "crop_intrinsics",
-           "crop_sample", "normalize"]
+           "crop_sample", "mirror_matrix", "mirror_sample", "normalize"]
 
 #: Smallest crop side (px) accepted, so that degenerate annotations (all joints on one pixel) still crop.
 MIN_SIDE = 8.0
+#: Reflection of the camera frame used by :func:`mirror_sample`: X -> -X.
+MIRROR_3D = np.diag([-1.0, 1.0, 1.0])
+#: ``extra`` entries holding camera-frame 3D points (..., 3) that :func:`mirror_sample` reflects too.
+EXTRA_3D_KEYS = ("palm", "verts_3d")
+_OTHER_SIDE = {"left": "right", "right": "left"}
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,45 @@ def crop_sample(sample: HandSample, out_size: int = 256, enlarge: float = 0.2,
     extra = dict(sample.extra, crop_box=box.as_array(), crop_affine=A.astype(np.float32))
     return replace(sample, image=image, mask=mask, depth=depth, joints_2d=joints_2d, visibility=visibility,
                    intrinsics=intrinsics, extra=extra)
+
+
+def _flip(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.ascontiguousarray(a[:, ::-1])
+
+
+def mirror_matrix(width: int) -> np.ndarray:
+    """(3, 3) float64 pixel flip of an image ``width`` px wide: ``u' = width − 1 − u`` (pixel centres at integers)."""
+    return np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def mirror_sample(sample: HandSample) -> HandSample:
+    """The sample seen in a mirror: a left hand becomes a right one (module docstring: ``u' = W − 1 − u``,
+    ``X' = −X``, ``K' = F K D``), re-projection preserved.
+
+    Flipped: image, mask and depth (each about its own vertical centre line), joints_2d, joints_3d,
+    intrinsics, the 3D points of ``extra`` (:data:`EXTRA_3D_KEYS`, e.g. ground-truth vertices); ``side``
+    changes (left ↔ right). ``extra["crop_affine"]`` becomes ``F A`` (original px → the mirrored sample's px;
+    ``F`` alone on an uncropped sample); other per-pixel maps in ``extra`` stay in original pixels, which
+    that affine maps. ``extra["mirrored"]`` toggles. Visibility, labels and everything else are kept.
+    """
+    width = sample.image.shape[1]
+    F = mirror_matrix(width)
+    joints_2d = None if sample.joints_2d is None else transform_points(F, sample.joints_2d)
+    joints_3d = None if sample.joints_3d is None else (sample.joints_3d * MIRROR_3D.diagonal()).astype(np.float32)
+    intrinsics = None
+    if sample.intrinsics is not None:
+        intrinsics = (F @ np.asarray(sample.intrinsics, np.float64) @ MIRROR_3D).astype(np.float32)
+    extra = dict(sample.extra)
+    for key in EXTRA_3D_KEYS:
+        if extra.get(key) is not None:
+            value = np.asarray(extra[key])
+            extra[key] = (value * MIRROR_3D.diagonal()).astype(value.dtype)
+    previous = np.asarray(extra.get("crop_affine", np.eye(3)), np.float64)
+    extra["crop_affine"] = (F @ _as3x3(previous)).astype(np.float32)
+    extra["mirrored"] = not bool(extra.get("mirrored", False))
+    return replace(sample, image=_flip(sample.image), mask=_flip(sample.mask), depth=_flip(sample.depth),
+                   joints_2d=joints_2d, joints_3d=joints_3d, intrinsics=intrinsics,
+                   side=_OTHER_SIDE.get(sample.side, sample.side), extra=extra)
 
 
 def normalize(image: np.ndarray, eps: float = 1e-6) -> np.ndarray:

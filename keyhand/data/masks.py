@@ -54,16 +54,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from keyhand.atomic import atomic_write_bytes
 from keyhand.data.record import NUM_JOINTS, DatasetError
+from keyhand.skeleton import BONES, PARENTS  # re-exported: the 21-joint skeleton
 
 __all__ = ["PARENTS", "BONES", "MaskError", "MaskItem", "MaskResult", "MaskReport", "grabcut_init",
            "grabcut_mask", "mask_path", "save_mask", "load_mask", "mask_chunk", "compute_masks",
            "draw_hand_fixture", "iou"]
 
-#: Parent of each joint in the 21-joint manopth order (wrist = 0, then 4 joints per finger, base first).
-PARENTS = tuple([-1] + [0 if (j - 1) % 4 == 0 else j - 1 for j in range(1, NUM_JOINTS)])
-#: The 20 bones (parent, child).
-BONES = tuple((PARENTS[j], j) for j in range(1, NUM_JOINTS))
 _PALM = (0, 1, 5, 9, 13, 17)  # wrist, thumb CMC, index/middle/ring/little MCP
 MASK_SUFFIX = ".mask.png"
 
@@ -239,24 +237,12 @@ def mask_path(out_dir: str | os.PathLike, key: str) -> Path:
     return Path(out_dir) / (key + MASK_SUFFIX)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     """Write a {0, 1} mask as a 0/255 PNG, atomically."""
     ok, buf = cv2.imencode(".png", (mask > 0).astype(np.uint8) * 255)
     if not ok:
         raise MaskError(f"{path}: PNG encoding failed")
-    _atomic_write(Path(path), buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def load_mask(out_dir: str | os.PathLike, key: str) -> np.ndarray:

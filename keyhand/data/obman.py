@@ -64,7 +64,7 @@ import numpy as np
 
 from keyhand.data.readers import DatasetReader, intrinsics_matrix, project, read_rgb
 from keyhand.data.record import NUM_JOINTS, AnnotationError, DatasetError, DatasetNotFoundError, HandSample
-from keyhand.geometry.mano import UnsafePickleError, RestrictedUnpickler
+from keyhand.geometry.mano import RestrictedUnpickler, UnsafePickleError
 
 __all__ = ["ObManReader", "OBMAN_INTRINSICS", "OBMAN_CAM_EXTR", "read_meta"]
 

@@ -24,15 +24,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keyhand.geometry.mano import JOINT_NAMES_21
+from keyhand.skeleton import JOINT_NAMES, MIDDLE_MCP, NUM_JOINTS, WRIST
 
 __all__ = ["JOINT_NAMES", "NUM_JOINTS", "MIDDLE_MCP", "WRIST", "HandSample", "DatasetError",
            "DatasetNotFoundError", "AnnotationError"]
 
-JOINT_NAMES = JOINT_NAMES_21
-NUM_JOINTS = 21
-WRIST = 0
-MIDDLE_MCP = JOINT_NAMES.index("middle1")  # the §3.1 crop centre p_c
+# JOINT_NAMES, NUM_JOINTS, WRIST, MIDDLE_MCP (the §3.1 crop centre p_c): keyhand.skeleton, re-exported here
 
 
 class DatasetError(ValueError):

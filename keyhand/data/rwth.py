@@ -1,7 +1,8 @@
 """RWTH German Fingerspelling reader (Dreuw et al., 2006; paper §4.1.3: 30 static gestures, 1,160 images).
 
     from keyhand.data.rwth import RWTHReader
-    reader = RWTHReader("/data/rwth", "all")             # static gestures only, one frame per sequence
+    reader = RWTHReader("/data/rwth", "all")             # static gestures, one camera, one frame per sequence
+    RWTHReader("/data/rwth", "all", camera="both")       # both cameras (twice the images)
     s = reader[0]                                        # image, gesture 0..29, gesture_name, subject
     box = reader.hand_box(s)                             # (x0, y0, x1, y1) skin-colour box | None
 
@@ -25,8 +26,11 @@ RWTH loader are ``<signer>_<gesture>_<session>_<camera>``)::
 * ``static_only=True`` (paper): the 30 static classes :data:`RWTH_STATIC` (A-Z without J and Z, SCH,
   1-5), indexed 0..29 in that order; ``False``: all 35 classes, indexed in :data:`RWTH_GESTURES` order.
 * One image per sequence: the still, or the video's ``frame`` (``"middle"`` by default — the static
-  handshape is held mid-sequence — or an integer index). ``camera=None`` keeps every camera found,
-  ``"cam1"``/``"cam2"`` one of them.
+  handshape is held mid-sequence — or an integer index).
+* One camera (``camera="cam1"``, the default): the paper's 1,160 images are one recording per signer,
+  session and static sign (30 x 20 x 2 = 1,200 sequences per camera), not both viewpoints of it; the second
+  camera would put the same performance twice into the set (and across a train/test split).
+  ``camera="cam2"`` takes the other one, ``"both"`` (or None) every camera found.
 * Split: ``"all"`` (paper §4.3.3 runs its own 10-fold 80/20 CV), or the deterministic stratified 80/20
   ``"train"``/``"test"`` of :func:`keyhand.data.readers.holdout_split` (1,160 → 928/232 as §4.1.3).
 
@@ -35,8 +39,9 @@ camera is ``cam1``, and how [33]/Dreuw picked the 1,160 images (30 x 20 x 2 = 1,
 camera; 40 fewer). The reader counts whatever sequences it finds and says so in ``len(reader)``.
 
 hand_box: skin-colour segmentation in YCrCb (Cr 133-173, Cb 77-127, Chai & Ngan 1999), morphological
-opening/closing, largest connected component, box grown by ``pad``. In the whole-body camera the face
-can be the largest skin blob; a second pass can refine the box with the framework's own silhouette.
+opening/closing, largest connected component, its tight box (``pad`` 0: the preparation enlarges the crop
+once, by 20 %, as for the joint-based crops). In the whole-body camera the face can be the largest skin
+blob; a second pass can refine the box with the framework's own silhouette.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ _NAME = re.compile(r"^(\d+)_([^_]+)_(\d+)_(cam\d+)$", re.IGNORECASE)
 SKIN_CR, SKIN_CB = (133, 173), (77, 127)
 
 
-def skin_box(image: np.ndarray, pad: float = 0.15,
+def skin_box(image: np.ndarray, pad: float = 0.0,
              min_area: float = 0.002) -> tuple[int, int, int, int] | None:
     """Box of the largest skin-coloured blob of an RGB image (module docstring), or None."""
     ycrcb = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2YCrCb)
@@ -104,9 +109,13 @@ class RWTHReader(DatasetReader):
     splits = ("all", "train", "test")
 
     def __init__(self, root: str | Path, split: str = "all", static_only: bool = True,
-                 camera: str | None = None, frame: str | int = "middle", on_corrupt: str = "fail") -> None:
+                 camera: str | None = "cam1", frame: str | int = "middle", on_corrupt: str = "fail") -> None:
         if not (frame == "middle" or isinstance(frame, int)):
             raise ValueError(f"rwth: frame must be 'middle' or an int, got {frame!r}")
+        if camera == "both":
+            camera = None
+        if camera is not None and not re.fullmatch(r"cam\d+", str(camera)):
+            raise ValueError(f"rwth: camera must be 'cam1', 'cam2' or 'both', got {camera!r}")
         self.static_only, self.camera, self.frame = static_only, camera, frame
         self.classes = RWTH_STATIC if static_only else RWTH_GESTURES
         super().__init__(root, split, on_corrupt)
@@ -191,6 +200,7 @@ class RWTHReader(DatasetReader):
             extra={"session": item.session, "camera": item.camera, "file": str(item.path), "frame": frame},
         ).validate()
 
-    def hand_box(self, sample: HandSample, pad: float = 0.15) -> tuple[int, int, int, int] | None:
-        """Skin-colour box around the hand, ``(x0, y0, x1, y1)`` px (x1, y1 exclusive), or None."""
+    def hand_box(self, sample: HandSample, pad: float = 0.0) -> tuple[int, int, int, int] | None:
+        """Skin-colour box around the hand, ``(x0, y0, x1, y1)`` px (x1, y1 exclusive), tight unless ``pad``
+        (× its larger side, per side) is given, or None."""
         return skin_box(sample.image, pad=pad)

@@ -25,12 +25,13 @@ of repetition")::
 hand_box (the paper crops "close to the hand"): valid depth (and confidence ≥ ``min_confidence``) →
 nearest depth ``d0`` = 1st percentile of the valid depths (robust to flying pixels) → pixels within
 ``band_mm`` of ``d0`` → opening → largest connected component → its box in the depth map → mapped to
-the colour image → grown by ``pad``. Registration approximation: the genuine per-device calibration is
-not distributed with the dataset, so the two cameras are modelled as co-centred pinholes with the
-DepthSense 325 datasheet fields of view (depth 74° x 58°, colour 63.2° x 49.3°; nominal, unverified for
-the 640 x 480 mode) and the ~25 mm baseline is ignored: ``u_c = cx_c + s_x (u_d − cx_d)`` with
-``s_x = f_x,colour / f_x,depth`` (≈ 2.45 for 320 → 640 px), same for v. The box padding absorbs the
-parallax (a few px at arm's length); pass ``fov=`` to use other values.
+the colour image, tight (``pad`` 0: the preparation enlarges the crop once, by 20 %). Registration
+approximation: the genuine per-device calibration is not distributed with the dataset, so the two cameras
+are modelled as co-centred pinholes with the DepthSense 325 datasheet fields of view (depth 74° x 58°,
+colour 63.2° x 49.3°; nominal, unverified for the 640 x 480 mode) and the ~25 mm baseline is ignored:
+``u_c = cx_c + s_x (u_d − cx_d)`` with ``s_x = f_x,colour / f_x,depth`` (≈ 2.45 for 320 → 640 px), same
+for v. The crop's 20 % enlargement (~10 % of the box per side) absorbs the parallax (a few px at arm's
+length); pass ``fov=`` to use other values.
 """
 
 from __future__ import annotations
@@ -173,8 +174,9 @@ class Senz3DReader(DatasetReader):
         ).validate()
 
     def hand_box(self, sample: HandSample, band_mm: float = 150.0, min_confidence: float = 0.0,
-                 pad: float = 0.15, fov: dict = DS325_FOV) -> tuple[int, int, int, int] | None:
-        """Nearest-blob box on the colour image, ``(x0, y0, x1, y1)`` px (x1, y1 exclusive), or None."""
+                 pad: float = 0.0, fov: dict = DS325_FOV) -> tuple[int, int, int, int] | None:
+        """Nearest-blob box on the colour image, ``(x0, y0, x1, y1)`` px (x1, y1 exclusive), tight unless ``pad``
+        (× its larger side, per side) is given, or None."""
         if sample.depth is None:
             return None
         box = depth_box(sample.depth, sample.extra.get("confidence"), band_mm, min_confidence)

@@ -36,7 +36,9 @@ Conversions:
   ``"keep"`` — joint 0 stays the palm centre (what hand3d [33] and obman_train [35] evaluate against);
   use it to compare with numbers reported on the palm-rooted skeleton. ``extra["root_joint"]`` says
   which ("wrist (extrapolated from palm)" or "palm centre"), ``extra["palm"]`` holds the palm centre.
-* Hand: STB shows a left hand (joint names ``loc_bn_*_L``): ``side="left"``.
+* Hand: STB shows a left hand (joint names ``loc_bn_*_L``): ``side="left"``. The reader keeps it as recorded;
+  preparation mirrors it into a right hand for the right MANO model (``prepare_split(mirror_to="right")``:
+  image, 2D, 3D and intrinsics together, re-projection preserved; :func:`keyhand.data.crop.mirror_sample`).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 import torch
 
+from keyhand.atomic import atomic_write_bytes
 from keyhand.data.poses import GESTURES, HandArticulation, sample_natural_curls
 from keyhand.data.record import NUM_JOINTS, DatasetNotFoundError, HandSample
 
@@ -262,12 +263,6 @@ def _compose(scene: _Scene, rendered: dict, rng: np.random.Generator, occluders:
     return image, mask
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _png(image: np.ndarray) -> bytes:
     arr = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", arr)
@@ -320,9 +315,9 @@ def generate(kind: str, out: str | os.PathLike, sizes: dict[str, int], seed: int
                         "betas": s.betas.round(6).tolist(), "pose": s.pose.round(6).tolist(),
                         "rotation": s.rotation.round(8).tolist(),
                     }
-                    _atomic_write(folder / f"{i:06d}.png", _png(image))
-                    _atomic_write(folder / f"{i:06d}_mask.png", _png(mask))
-                    _atomic_write(folder / f"{i:06d}.json", json.dumps(ann).encode())  # last: marks done
+                    atomic_write_bytes(folder / f"{i:06d}.png", _png(image))
+                    atomic_write_bytes(folder / f"{i:06d}_mask.png", _png(mask))
+                    atomic_write_bytes(folder / f"{i:06d}.json", json.dumps(ann).encode())  # last: marks done
             done += min(n, start + batch_size) - start
             if progress:
                 progress(done, total)
@@ -330,7 +325,7 @@ def generate(kind: str, out: str | os.PathLike, sizes: dict[str, int], seed: int
             "image_size": list(image_size), "model": str(layer.model_path),
             "classes": list(GESTURES) if kind == "synth-gestures" else [],
             "num_subjects": num_subjects if kind == "synth-gestures" else 0}
-    _atomic_write(root / "dataset.json", json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(root / "dataset.json", json.dumps(meta, indent=2).encode())
     return root
 
 
@@ -374,6 +369,38 @@ class SyntheticReader:
             extra={"object_mask": None if mask is None else (mask == 128).astype(np.uint8)},
         ).validate()
 
+    def vertices(self, i: int, tol_mm: float = 0.01) -> np.ndarray:
+        """(778, 3) float32 ground-truth mesh of sample ``i``, mm, camera frame (the frame of its joints_3d).
+
+        Rebuilt from the stored generator parameters (betas, pose, rotation) with the hand model the set was
+        generated with (``dataset.json`` "model"; keyhand's proxy when that file is gone) exactly as
+        :func:`render_batch` placed it; the placement's translation is solved from the stored joints_3d, whose
+        reconstruction must agree within ``tol_mm`` or :class:`DatasetError` names the sample and the model."""
+        from keyhand.data.record import DatasetError
+        from keyhand.geometry.mano import ManoLayer
+
+        path = (self.root / self.keys[i]).with_suffix(".json")
+        ann = json.loads(path.read_text())
+        if getattr(self, "_mesh_layer", None) is None:
+            model = self.meta.get("model")
+            self._mesh_layer = ManoLayer(model if model and Path(model).is_file() else None, side="right",
+                                         use_pca=False, flat_hand_mean=True, unit="mm", dtype=torch.float64)
+        layer = self._mesh_layer
+        with torch.no_grad():
+            out = layer(global_orient=torch.zeros(1, 3, dtype=torch.float64),
+                        hand_pose=torch.as_tensor([ann["pose"]], dtype=torch.float64),
+                        betas=torch.as_tensor([ann["betas"]], dtype=torch.float64))
+        v, j = out.vertices[0].numpy(), out.joints[0].numpy()
+        rot, stored = np.asarray(ann["rotation"], np.float64), np.asarray(ann["joints_3d"], np.float64)
+        centroid = j.mean(0)
+        joints = (j - centroid) @ rot.T
+        shift = (stored - joints).mean(0)
+        err = float(np.abs(joints + shift - stored).max())
+        if not err <= tol_mm:
+            raise DatasetError(f"{path}: the generator parameters do not reproduce joints_3d with the hand model "
+                               f"{layer.model_path} (max {err:.3g} mm > {tol_mm} mm): no ground-truth mesh")
+        return ((v - centroid) @ rot.T + shift).astype(np.float32)
+
 
 def contact_sheet(root: str | os.PathLike, split: str, out: str | os.PathLike, n: int = 16,
                   cols: int = 4) -> Path:
@@ -400,5 +427,5 @@ def contact_sheet(root: str | os.PathLike, split: str, out: str | os.PathLike, n
     rows = [np.concatenate(tiles[r:r + cols], 1) for r in range(0, len(tiles), cols)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, _png(np.concatenate(rows, 0)))
+    atomic_write_bytes(out, _png(np.concatenate(rows, 0)))
     return out

@@ -42,6 +42,8 @@ import scipy.sparse
 import torch
 from torch import Tensor, nn
 
+from keyhand.skeleton import JOINT_NAMES
+
 __all__ = [
     "MANO_JOINT_NAMES",
     "JOINT_NAMES_21",
@@ -53,6 +55,8 @@ __all__ = [
     "ManoLayer",
     "SkeletonAdaptation",
     "axis_angle_to_matrix",
+    "rot6d_to_matrix",
+    "rotation_matrix",
     "load_mano_pickle",
     "RestrictedUnpickler",
     "load_mano_model",
@@ -69,15 +73,8 @@ MANO_JOINT_NAMES = (
     "ring1", "ring2", "ring3",
     "thumb1", "thumb2", "thumb3",
 )
-#: The 21 output joints (manopth order): MANO joints plus fingertips ("4").
-JOINT_NAMES_21 = (
-    "wrist",
-    "thumb1", "thumb2", "thumb3", "thumb4",
-    "index1", "index2", "index3", "index4",
-    "middle1", "middle2", "middle3", "middle4",
-    "ring1", "ring2", "ring3", "ring4",
-    "little1", "little2", "little3", "little4",
-)
+#: The 21 output joints (manopth order): MANO joints plus fingertips ("4"), :data:`keyhand.skeleton.JOINT_NAMES`.
+JOINT_NAMES_21 = JOINT_NAMES
 #: manopth's fingertip vertices of the official mesh: thumb, index, middle, ring, little.
 MANOPTH_TIP_VERTEX_IDS = (745, 317, 444, 556, 673)
 # Index into cat([16 MANO joints, 5 tips]) giving the manopth order.
@@ -340,6 +337,28 @@ def axis_angle_to_matrix(aa: Tensor) -> Tensor:
     k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*aa.shape[:-1], 3, 3)
     eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(k)
     return eye + a * k + b * (k @ k)
+
+
+def rot6d_to_matrix(r6: Tensor) -> Tensor:
+    """The continuous 6D rotation representation (Zhou et al., CVPR 2019), (..., 6) -> (..., 3, 3).
+
+    The two 3-vectors are Gram-Schmidt orthonormalised into the first two COLUMNS of R; the third is their
+    cross product. (1, 0, 0, 0, 1, 0) is the identity. Unlike axis-angle it has no discontinuity at π.
+    """
+    a, b = r6[..., :3], r6[..., 3:]
+    x = torch.nn.functional.normalize(a, dim=-1, eps=1e-8)
+    y = torch.nn.functional.normalize(b - (x * b).sum(-1, keepdim=True) * x, dim=-1, eps=1e-8)
+    z = torch.cross(x, y, dim=-1)
+    return torch.stack([x, y, z], -1)
+
+
+def rotation_matrix(rot: Tensor) -> Tensor:
+    """(..., 3) axis-angle or (..., 6) 6D rotation -> (..., 3, 3), chosen by the last dimension."""
+    if rot.shape[-1] == 3:
+        return axis_angle_to_matrix(rot)
+    if rot.shape[-1] == 6:
+        return rot6d_to_matrix(rot)
+    raise ValueError(f"rotation must have 3 (axis-angle) or 6 (6D) values, got shape {tuple(rot.shape)}")
 
 
 @dataclass

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import secrets
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,8 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
+
+from keyhand.atomic import atomic_write_bytes
 
 __all__ = [
     "PROXY_VERSION",
@@ -910,16 +911,7 @@ def write_proxy_hand(path: str | os.PathLike, seed: int = 0, side: str = "right"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = pickle.dumps(build_proxy_hand(seed=seed, side=side), protocol=2)
-    # a temporary file beside the target (same file system, default permissions), then a rename
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data)
 
 
 # ------------------------------------------------------------------------------------------------

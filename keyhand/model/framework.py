@@ -6,85 +6,29 @@
     out.joints_3d, out.joints_2d, out.silhouette, out.heatmaps, ...   # see FrameworkOutput
     heatmaps, silhouettes = model.sfe_forward(image)                  # SFE pretraining (ObMan)
 
-Every ablation of Tables 1-4 is a ModelConfig field; a bad value raises one ValueError naming the field and
-the allowed values. At initialisation the prediction is the mean hand (R = identity, θ = 0, β = 0), scaled so
-a ~180 mm hand spans 60 % of the crop, its middle-finger MCP (the §3.1 crop centre) at the crop centre.
+Every ablation of Tables 1-4 is a :class:`keyhand.model.config.ModelConfig` field (params.yaml's ``model``);
+a bad value raises one ValueError line naming ``model.<field>`` and the allowed values. At initialisation the
+prediction is the mean hand (R = identity, θ = 0, β = 0), scaled so a ~180 mm hand spans 60 % of the
+crop, its middle-finger MCP (the §3.1 crop centre) at the crop centre.
+
+``estimator="direct"`` builds the direct-regression CONTROL instead of the HE: the same SFE and VE, whose last
+dense layer feeds a linear head regressing the 63 root-relative joint coordinates (in decimetres, the unit
+of L_3D, starting at the mean hand). Its output carries joints_3d only (every other field None).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
-from keyhand.model.he import MIDDLE_MCP, HandEstimator
+from keyhand.losses import JOINTS_3D_UNIT_MM
+from keyhand.model.config import ModelConfig  # the model's settings (re-exported): keyhand/model/config.py
+from keyhand.model.he import HandEstimator
 from keyhand.model.sfe import SemanticFeatureExtractor
-from keyhand.model.ve import DENSE, S_INIT, ViewpointEncoder
-
-_CHOICES = {
-    "sfe": ("none", "heatmaps", "heatmaps+silhouette"),
-    "fusion": ("sum", "concat"),
-    "ve_dense": tuple(DENSE),
-    "render_mode": ("nmr", "soft"),
-    "side": ("right", "left"),
-}
-_INT_RANGES = {  # field: (min, max or None, note)
-    "ve_blocks": (1, 6, "paper: 2, 4, 5"),
-    "pca_comps": (1, 45, "paper: 15, 30, 45"),
-    "sfe_channels": (4, None, "paper 256"),
-    "ve_input_size": (2, None, "paper 256"),
-    "ve_channels": (2, None, "paper 64"),
-    "render_size": (1, None, "paper 64"),
-}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The model's knobs; every ablation of Tables 1-4 is a field. Validated on construction."""
-
-    sfe: str = "heatmaps+silhouette"      # "none" | "heatmaps" | "heatmaps+silhouette"      (Table 1)
-    fusion: str = "concat"                # "sum" | "concat": final feature f                 (Table 4)
-    ve_blocks: int = 4                    # abstraction blocks 2 | 4 | 5                      (Table 2)
-    ve_dense: str = "VE2"                 # "VE1" 3x1024 | "VE2" 2x2048+1x1024 | "VE3" 3x2048 (Table 2)
-    pca_comps: int = 45                   # 15 | 30 | 45                                      (Table 3)
-    skeleton_adaptation: bool = True      #                                                   (Table 4)
-    image_size: int = 256                 # input crop side; heatmap side = image_size // 4
-    sfe_channels: int = 256               # hourglass width (paper 256)
-    ve_input_size: int = 256              # f is resized to this (§3.3)
-    ve_channels: int = 64                 # first abstraction block width (doubles per block, capped at 4x)
-    dense_scale: float = 1.0              # multiplies the dense widths (1024/2048)
-    render_size: int = 64                 # rendered silhouette side
-    render_mode: str = "nmr"              # "nmr" | "soft"
-    soft_sigma: float = 1e-4
-    mano_path: str | None = None          # None = proxy hand
-    side: str = "right"
-    flat_hand_mean: bool = False
-
-    def __post_init__(self) -> None:
-        def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"model.{name}: must be {allowed}, got {getattr(self, name)!r}")
-
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise bad(name, "one of " + ", ".join(repr(a) for a in allowed))
-        for name, (lo, hi, note) in _INT_RANGES.items():
-            val = getattr(self, name)
-            if not isinstance(val, int) or isinstance(val, bool) or val < lo or (hi is not None and val > hi):
-                raise bad(name, f"an integer in {lo}..{hi if hi is not None else 'inf'} ({note})")
-        s = self.image_size
-        if not isinstance(s, int) or isinstance(s, bool) or s < 32 or s % 16 or (s // 16) & (s // 16 - 1):
-            raise bad("image_size", "16 * 2^k with k >= 1: 32, 64, 128, 256 (paper), 512, ...")
-        if self.ve_input_size >> self.ve_blocks < 1:
-            raise bad("ve_input_size", f">= 2^ve_blocks = {2**self.ve_blocks}")
-        for name in ("dense_scale", "soft_sigma"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, int | float) or not val > 0 or val == float("inf"):
-                raise bad(name, "a finite number > 0")
-        for name in ("skeleton_adaptation", "flat_hand_mean"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "true or false")
-        if self.mano_path is not None and not isinstance(self.mano_path, str):
-            raise bad("mano_path", "a path string or null (proxy hand)")
+from keyhand.model.ve import S_INIT, ViewpointEncoder
+from keyhand.skeleton import MIDDLE_MCP
 
 
 @dataclass
@@ -93,16 +37,17 @@ class FrameworkOutput:
 
     heatmaps: list[Tensor]      # one (B, 21, S/4, S/4) per hourglass; [] without SFE
     silhouettes: list[Tensor]   # one (B, 2, S/4, S/4) logits per hourglass (channel 1 = hand); [] without
-    t: Tensor                   # (B, 2) NDC
-    s: Tensor                   # (B, 1) > 0, NDC per mm
-    rot: Tensor                 # (B, 3) axis-angle R
-    theta: Tensor               # (B, P) PCA pose coefficients
-    beta: Tensor                # (B, 10) shape
     joints_3d: Tensor           # (B, 21, 3) mm, R J(β, θ), wrist-rooted, skeleton-adapted if enabled
-    vertices: Tensor            # (B, 778, 3) mm, R applied, same origin
-    joints_2d: Tensor           # (B, 21, 2) crop pixels (Eq. 6)
-    silhouette: Tensor | None   # (B, R, R) in [0, 1] (Eq. 7 + renderer), None with render=False
     faces: Tensor               # (F, 3) long
+    # None for the direct-regression control (estimator="direct"):
+    t: Tensor | None = None           # (B, 2) NDC
+    s: Tensor | None = None           # (B, 1) > 0, NDC per mm
+    rot: Tensor | None = None         # (B, 3) axis-angle or (B, 6) 6D R
+    theta: Tensor | None = None       # (B, P) PCA pose coefficients
+    beta: Tensor | None = None        # (B, 10) shape
+    vertices: Tensor | None = None    # (B, 778, 3) mm, R applied, same origin
+    joints_2d: Tensor | None = None   # (B, 21, 2) crop pixels (Eq. 6)
+    silhouette: Tensor | None = None  # (B, R, R) in [0, 1] (Eq. 7 + renderer), None with render=False
 
 
 class Framework(nn.Module):
@@ -126,7 +71,15 @@ class Framework(nn.Module):
         t_init = [0.0, 0.0] if rest.is_meta else (-S_INIT * rest[MIDDLE_MCP, :2]).tolist()
         self.ve = ViewpointEncoder(self.sfe.out_channels if self.sfe is not None else 3, cfg.ve_input_size,
                                    cfg.ve_blocks, cfg.ve_dense, cfg.pca_comps, cfg.ve_channels, cfg.dense_scale,
-                                   s_init=S_INIT, t_init=tuple(t_init))
+                                   s_init=S_INIT, t_init=tuple(t_init), rot_repr=cfg.rot_repr)
+        self.direct = None
+        if cfg.estimator == "direct":
+            self.ve.head = None                                              # replaced by the 63-output head
+            self.direct = nn.Linear(self.ve.dense[-2].out_features, 63)
+            with torch.no_grad():
+                self.direct.weight.mul_(0.01)
+                mean_hand = rest if not rest.is_meta else torch.zeros(21, 3)
+                self.direct.bias.copy_(mean_hand.reshape(63) / JOINTS_3D_UNIT_MM)
 
     @property
     def faces(self) -> Tensor:
@@ -150,6 +103,9 @@ class Framework(nn.Module):
         """(B, 3, S, S) standardised crop -> FrameworkOutput; render=False skips the silhouette."""
         self._check(image)
         heatmaps, silhouettes, f = self.sfe(image) if self.sfe is not None else ([], [], image)
+        if self.direct is not None:
+            joints = self.direct(self.ve.features(f)).view(-1, 21, 3) * JOINTS_3D_UNIT_MM   # (B, 21, 3) mm
+            return FrameworkOutput(heatmaps=heatmaps, silhouettes=silhouettes, joints_3d=joints, faces=self.faces)
         v = self.ve(f)
         hand = self.he(v, render=render)
         return FrameworkOutput(heatmaps=heatmaps, silhouettes=silhouettes, t=v.t, s=v.s, rot=v.rot,

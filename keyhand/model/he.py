@@ -22,12 +22,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from keyhand.geometry.mano import ManoLayer, SkeletonAdaptation
+from keyhand.geometry.mano import ManoLayer, SkeletonAdaptation, rotation_matrix
 from keyhand.geometry.render import ndc_to_pixels, render_silhouette, weak_perspective, weak_perspective_with_depth
 from keyhand.model.ve import ViewParams
-
-#: manopth index of the middle finger's metacarpophalangeal joint, the crop centre of §3.1.
-MIDDLE_MCP = 9
 
 
 class HandOutput(NamedTuple):
@@ -70,9 +67,21 @@ class HandEstimator(nn.Module):
         return j - j[:1]
 
     def forward(self, v: ViewParams, render: bool = True) -> HandOutput:
-        mano = self.mano(global_orient=v.rot, hand_pose=v.theta, betas=v.beta)
+        # The HE (MANO, projection, renderer) runs in fp32 even inside a bf16 autocast region: skinning and
+        # the z-buffer need the precision, and it costs a fraction of the SFE/VE's FLOPs.
+        kind = v.t.device.type
+        if kind not in ("cpu", "cuda"):  # e.g. "meta" (profiling from shapes): no autocast there
+            return self._forward(ViewParams(*(x.float() for x in v)), render)
+        with torch.autocast(device_type=kind, enabled=False):
+            return self._forward(ViewParams(*(x.float() for x in v)), render)
+
+    def _forward(self, v: ViewParams, render: bool) -> HandOutput:
+        # R J(β, θ): MANO's global orientation rotates the hand about the wrist, so posing with R = I and
+        # rotating the wrist-rooted result is the same map, for either rotation parameterisation.
+        mano = self.mano(global_orient=v.theta.new_zeros(v.theta.shape[0], 3), hand_pose=v.theta, betas=v.beta)
         root = mano.joints[:, :1]                                           # (B, 1, 3) wrist
-        joints, verts = mano.joints - root, mano.vertices - root            # R J(β, θ), mm
+        rot_t = rotation_matrix(v.rot).transpose(-1, -2)                    # (B, 3, 3) R^T
+        joints, verts = (mano.joints - root) @ rot_t, (mano.vertices - root) @ rot_t   # mm
         if self.skeleton is not None:
             joints = self.skeleton(joints)
         joints_2d = ndc_to_pixels(weak_perspective(joints, v.s, v.t), self.image_size)   # Eq. 6

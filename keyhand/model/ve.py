@@ -37,6 +37,9 @@ LATENT_SIDE = 4
 #: Initial scale: a 180 mm hand spans 1.2 NDC = 60 % of the crop.
 S_INIT = 1.2 / 180.0
 NUM_BETAS = 10
+#: Values of each rotation parameterisation, and the head bias that makes it the identity.
+ROT_DIMS = {"axis_angle": 3, "6d": 6}
+_ROT_IDENTITY = {"axis_angle": (0.0, 0.0, 0.0), "6d": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)}
 
 
 class ViewParams(NamedTuple):
@@ -44,7 +47,7 @@ class ViewParams(NamedTuple):
 
     t: Tensor      # (B, 2) NDC translation
     s: Tensor      # (B, 1) > 0, NDC per mm
-    rot: Tensor    # (B, 3) axis-angle R
+    rot: Tensor    # (B, 3) axis-angle or (B, 6) continuous 6D R (keyhand.geometry.mano.rotation_matrix)
     theta: Tensor  # (B, P) MANO PCA pose coefficients
     beta: Tensor   # (B, 10) MANO shape
 
@@ -68,17 +71,21 @@ class ViewpointEncoder(nn.Module):
         channels: width c of the first block; block i has c * 2^min(i, 2) channels.
         dense_scale: multiplies the dense widths (tiny profiles).
         s_init: initial scale (NDC per mm); t_init: initial translation (NDC), e.g. to centre the mean hand.
+        rot_repr: "axis_angle" (the paper's R, 3 values) or "6d" (continuous, 6 values).
     """
 
     def __init__(self, in_channels: int, input_size: int = 256, blocks: int = 4, dense: str = "VE2",
                  pca_comps: int = 45, channels: int = 64, dense_scale: float = 1.0, s_init: float = S_INIT,
-                 t_init: tuple[float, float] = (0.0, 0.0)) -> None:
+                 t_init: tuple[float, float] = (0.0, 0.0), rot_repr: str = "axis_angle") -> None:
         super().__init__()
         if input_size >> blocks < 1:
             raise ValueError(f"ve: input_size {input_size} is too small for {blocks} blocks (needs >= {2**blocks})")
         self.input_size = input_size
         self.pca_comps = pca_comps
         self.s_init = float(s_init)
+        if rot_repr not in ROT_DIMS:
+            raise ValueError(f"ve: rot_repr must be one of {sorted(ROT_DIMS)}, got {rot_repr!r}")
+        self.rot_dims = ROT_DIMS[rot_repr]
         layers, cin = [], in_channels
         for i in range(blocks):
             cout = channels * 2 ** min(i, 2)
@@ -91,19 +98,24 @@ class ViewpointEncoder(nn.Module):
         for a, b in zip(dims[:-1], dims[1:], strict=True):
             mlp += [nn.Linear(a, b), nn.ReLU(inplace=True)]
         self.dense = nn.Sequential(*mlp)
-        self.num_params = 2 + 1 + 3 + pca_comps + NUM_BETAS             # |v| = 61 for P = 45
+        self.num_params = 2 + 1 + self.rot_dims + pca_comps + NUM_BETAS  # |v| = 61 for P = 45, axis-angle
         self.head = nn.Linear(dims[-1], self.num_params)
         with torch.no_grad():
             self.head.weight.mul_(0.01)
             self.head.bias.zero_()
             self.head.bias[:2] = torch.as_tensor(t_init, dtype=self.head.bias.dtype)
+            self.head.bias[3:3 + self.rot_dims] = torch.as_tensor(_ROT_IDENTITY[rot_repr])
 
-    def forward(self, f: Tensor) -> ViewParams:
-        """f (B, C, h, w) -> v; f is resized to (input_size, input_size) first."""
+    def features(self, f: Tensor) -> Tensor:
+        """f (B, C, h, w) -> the last dense layer's output (B, D); f is resized to input_size² first."""
         if f.shape[-2:] != (self.input_size, self.input_size):
             f = tnf.interpolate(f, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         x = tnf.adaptive_max_pool2d(self.blocks(f), LATENT_SIDE).flatten(1)   # (B, latent_size)
-        v = self.head(self.dense(x))                                         # (B, 61)
-        t, s_raw, rot, theta, beta = v.split([2, 1, 3, self.pca_comps, NUM_BETAS], 1)
+        return self.dense(x)
+
+    def forward(self, f: Tensor) -> ViewParams:
+        """f (B, C, h, w) -> v; f is resized to (input_size, input_size) first."""
+        v = self.head(self.features(f))                                      # (B, 61)
+        t, s_raw, rot, theta, beta = v.split([2, 1, self.rot_dims, self.pca_comps, NUM_BETAS], 1)
         s = self.s_init * tnf.softplus(s_raw) / math.log(2.0)
         return ViewParams(t=t, s=s, rot=rot, theta=theta, beta=beta)

@@ -1,32 +1,10 @@
-"""Data stages: ``synthetic`` (the generated datasets), ``prepare`` (§3.1 crops) and ``masks`` (§3.5 GrabCut)."""
+"""Data stages: ``prepare`` (§3.1 crops) and ``masks`` (§3.5 GrabCut) of each data role."""
 
 from __future__ import annotations
 
 from pipeline.params import Params
-from pipeline.stages.common import (
-    DATA,
-    masks_dir,
-    prepared_dir,
-    role_datasets,
-)
+from pipeline.stages.common import masks_dir, prepared_dir, role_datasets
 
-
-def stage_synthetic(p: Params) -> None:
-    """Generate the synthetic datasets (synthetic source); with real data, write a note and nothing else."""
-    from keyhand.data.synthetic import generate
-
-    root = DATA / "synth"
-    root.mkdir(parents=True, exist_ok=True)
-    if p.data.source != "synthetic":
-        (root / "SOURCE.txt").write_text("data.source is 'real': no synthetic data generated\n")
-        return
-    s = p.data.synthetic
-    sizes = {"synth-obman": s.obman, "synth-stb": s.stb, "synth-gestures": s.gestures}
-    for name, split_sizes in sizes.items():
-        print(f"synthetic: {name} {split_sizes}")
-        generate(name, root / name, dict(split_sizes), seed=s.seed, image_size=(s.height, s.width),
-                 model_path=p.model.mano_path, num_subjects=s.subjects)
-    (root / "SOURCE.txt").write_text("data.source is 'synthetic'\n")
 
 def stage_prepare(p: Params, role: str) -> None:
     """§3.1 crops of every split of the role's datasets into the prepared cache."""
@@ -34,14 +12,16 @@ def stage_prepare(p: Params, role: str) -> None:
 
     for name, splits in role_datasets(p, role).items():
         root = p.dataset_root(name)
+        options = p.reader_options(name)  # data.obman.mode, data.stb.palm_to_wrist
         for split in splits:
-            reader = open_reader(name, root, split, on_corrupt=p.data.on_corrupt)
+            reader = open_reader(name, root, split, on_corrupt=p.data.on_corrupt, **options)
             out = prepared_dir(role, name, split)
             manifest, stats = prepare_split(reader, out, image_size=p.model.image_size, enlarge=p.prepare.enlarge,
                                             sigma=p.prepare.sigma,
-                                            params={"dataset": name, "split": split, "root": str(root)})
+                                            params={"dataset": name, "split": split, "root": str(root), **options})
             print(f"prepare {role}: {name}/{split}: {manifest['count']} samples ({stats.by_joints} by joints, "
                   f"{stats.by_hand_box} by hand box, {stats.whole_image} whole image)")
+
 
 def stage_masks(p: Params, role: str) -> None:
     """§3.5 GrabCut masks of every prepared split of the role (parallel, resumable)."""

@@ -3,23 +3,48 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from keyhand.atomic import atomic_path
 from pipeline.params import Params
-from pipeline.stages.common import (
-    METRICS,
-    RUNS,
-    StageError,
-    _content_hash,
-    _experiment,
-    _pose_data,
-    _sfe_checkpoint,
-    _split_files,
-    _sweep_common,
-    _write_json,
-    prepared_dir,
-    role_datasets,
-)
+from pipeline.stages.common import METRICS, RUNS, StageError, _write_json, prepared_dir, role_datasets
+from pipeline.stages.runs import _experiment, _sfe_checkpoint, _tracking, stage_data
+
+
+def _content_hash(spec: dict, files: list[Path]) -> str:
+    """sha256 (10 hex) of a sweep's spec and input files: the Tune experiment's name suffix, so that
+    ``resume`` continues an interrupted sweep of the SAME inputs and never reuses results of other ones."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
+    for f in files:
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
+def _data_content(p: Params) -> dict[str, str]:
+    """Content hashes of the pose role's prepared splits with their masks (what the sweep trials read)."""
+    from keyhand.data.cache import PreparedDataset
+
+    d = stage_data(p, "pose")
+    return {"train": PreparedDataset(d.train, masks_dir=d.masks_train).content_hash(),
+            "val": PreparedDataset(d.val, masks_dir=d.masks_val).content_hash()}
+
+
+def _sweep_common(p: Params) -> dict[str, Any]:
+    from trainers.sweep import connect
+
+    uri = _tracking(p)
+    connect(p.ray.address)
+    return {"storage_path": p.ray.storage_path or (RUNS / "ray").resolve(), "mlflow_uri": uri,
+            "max_failures": p.sweep.max_failures,
+            "resources_per_trial": {"cpu": p.sweep.cpus_per_trial, "gpu": p.sweep.gpus_per_trial}}
+
+def _pose_data(p: Params) -> dict[str, str | None]:
+    """Absolute paths of the pose role's prepared splits and masks (trials may run on other nodes)."""
+    return stage_data(p, "pose").as_dict()
 
 
 def stage_ablate(p: Params, resume: bool = True) -> None:
@@ -41,8 +66,7 @@ def stage_ablate(p: Params, resume: bool = True) -> None:
     out = (RUNS / "ablate").resolve()
     spec = {"configs": configs, "pretrained": pretrained, "data": _pose_data(p),
             "sfe_checkpoint": None if sfe is None else str(sfe.resolve()), "out": str(out / "trials")}
-    files = [f for d in spec["data"].values() for f in _split_files(d)] + ([sfe] if sfe else [])
-    name = f"ablation-{_content_hash(spec, files)}"
+    name = f"ablation-{_content_hash({**spec, 'content': _data_content(p)}, [sfe] if sfe else [])}"
     result = run_sweep(name, ablation_trial, {**ablation_space(rows), "spec": spec}, kind="grid",
                        metric="epe_mean", mode="min", out_dir=out, experiment=_experiment(p, "ablation"),
                        parent_run_name="ablation", parent_params=p.sweep.base, resume=resume,
@@ -72,8 +96,8 @@ def stage_search(p: Params, resume: bool = True) -> None:
     out = (RUNS / "search").resolve()
     spec = {"base": p.train_config().model_dump(), "data": _pose_data(p), "out": str(out / "trials"),
             "sfe_checkpoint": None if sfe is None else str(sfe.resolve())}
-    files = [f for d in spec["data"].values() for f in _split_files(d)] + ([sfe] if sfe else [])
-    name = f"search-{_content_hash({**spec, 'search': s.model_dump()}, files)}"
+    key = _content_hash({**spec, "search": s.model_dump(), "content": _data_content(p)}, [sfe] if sfe else [])
+    name = f"search-{key}"
     result = run_sweep(name, search_trial, {"spec": spec}, kind="search", search_space=space, metric=s.metric,
                        mode=s.mode, num_samples=s.num_samples, out_dir=out, experiment=_experiment(p, "search"),
                        parent_run_name="search", parent_params={"search": s.model_dump()}, resume=resume,
@@ -91,9 +115,10 @@ def stage_gesture_cv(p: Params, resume: bool = True) -> None:
     import torch
 
     from trainers.checkpoint import latest
+    from trainers.gesture import framework_joints, num_gesture_classes
     from trainers.predict import load_model
     from trainers.sweep import folds_space, run_sweep
-    from trainers.train import framework_joints, make_loader, num_gesture_classes, open_split
+    from trainers.train import make_loader, open_split
     from trainers.trials import fold_trial
 
     common = _sweep_common(p)  # tracking server and Ray cluster first: an unreachable one fails at once
@@ -111,14 +136,15 @@ def stage_gesture_cv(p: Params, resume: bool = True) -> None:
         subjects = torch.as_tensor([int(ds.raw(i)["subject"]) for i in range(len(ds))], dtype=torch.long)
         data["subject"] = subjects
         joints_file = out / "joints.pt"
-        torch.save(data, joints_file)
+        with atomic_path(joints_file) as tmp:
+            torch.save(data, tmp)
         num_classes = num_gesture_classes(ds)
         names = ds.manifest.get("gesture_names") or {}
         class_names = [str(names.get(str(k), k)) for k in range(num_classes)]
         if p.cv.mode == "subject" and bool((subjects < 0).any()):
             raise StageError(f"cv.mode is 'subject' but {name} has samples without a subject")
-        spec = {"joints": str(joints_file), "cv": p.cv.model_dump(), "gesture": cfg.gesture.model_dump(),
-                "classifier": cfg.classifier.model_dump(), "num_classes": num_classes, "out": str(out / "folds")}
+        spec = {"joints": str(joints_file), "cv": p.cv.model_dump(), "config": cfg.training().model_dump(),
+                "num_classes": num_classes, "out": str(out / "folds")}
         tune_name = f"gesture-cv-{name}-{_content_hash(spec, [joints_file])}"
         result = run_sweep(tune_name, fold_trial, {**folds_space(p.cv.folds), "spec": spec},
                            kind="grid", metric="accuracy", mode="max", out_dir=out,

@@ -1,0 +1,226 @@
+"""The prepared GPU check (pipeline/bench_gpu.py, issue 13) run on CPU with its small sizes, as `make test` does.
+
+One real run of ``keyhand bench gpu --device cpu`` (a subprocess, like ``make gpu-check``) is shared by the
+tests below; its wall time is printed (target: under 2 minutes on the 2-core CPU). The README is only read:
+updates go to temporary copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import bench_gpu as bg
+
+REPO = Path(__file__).resolve().parents[1]
+PLAN = bg.make_plan(torch.device("cpu"))
+#: Why a figure may be missing on CPU: nothing else (no "failed", "skipped", "not measured").
+CPU_NA = ("n/a (CPU run: no CUDA device", "n/a (unknown peak)", "n/a (not planned on CPU", "n/a (search cap")
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("gpu-check")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "gpu", "--device", "cpu", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - t0
+    print(f"\nkeyhand bench gpu --device cpu: {wall:.1f} s wall")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / bg.JSON_NAME).read_text())
+    return {"proc": proc, "out": out, "wall": wall, "res": res, "md": (out / bg.MD_NAME).read_text(),
+            "figs": {f["key"]: f for f in res["figures"]}}
+
+
+@pytest.mark.slow
+def test_cpu_run_reports_every_figure(cpu_run: dict) -> None:
+    res, figs = cpu_run["res"], cpu_run["figs"]
+    expected = bg.declare(PLAN)
+    assert list(figs) == list(expected)                      # every figure, in the declared order
+    assert res["device"]["type"] == "cpu" and res["small"] and res["passed"]
+    assert {s: v["status"] for s, v in res["sections"].items()} == {s: "ok" for s, _ in bg.SECTIONS}
+    missing = {k: f["note"] for k, f in figs.items() if f["value"] is None}
+    assert all(n.startswith(CPU_NA) for n in missing.values()), missing
+    # what cannot exist on CPU says why; everything else carries a CPU value
+    assert all(k.startswith("agree.") and ".fp32." in k for k, n in missing.items() if "no CUDA" in n)
+    assert all(k.endswith(".mfu") for k, n in missing.items() if "unknown peak" in n)
+    assert {k for k, n in missing.items() if "search cap" in n} == {f"{m}.train.max.first_oom" for m in PLAN.models}
+    assert PLAN.compile_jobs == (("paper", 2),)
+    assert {k for k, n in missing.items() if "not planned" in n} == {
+        f"{m}.infer.compiled.b{b}.{x}" for m in PLAN.models for b in PLAN.infer_batches if (m, b) != ("paper", 2)
+        for x in ("img_s", "peak_mib", "mfu", "compile_s")}
+    for k, f in figs.items():
+        if f["value"] is not None and f["unit"] in ("img/s", "ms", "GFLOP", "M", "s"):
+            assert isinstance(f["value"], float) and math.isfinite(f["value"]) and f["value"] > 0, (k, f)
+        assert f["ok"] is not False, (k, f)
+
+
+@pytest.mark.slow
+def test_cpu_run_checks_and_sizes(cpu_run: dict) -> None:
+    figs = cpu_run["figs"]
+    v = {k: f["value"] for k, f in figs.items()}
+    for m in ("paper", "default"):
+        assert v[f"dtypes.{m}.cpu.ve_output"] == "bfloat16"                 # autocast reached the VE ...
+        for k in ("mano_output", "joints_2d", "silhouette"):
+            assert v[f"dtypes.{m}.cpu.{k}"] == "float32"                    # ... and not the HE
+        assert v[f"dtypes.{m}.cpu.he_low_precision_ops"] == 0
+        assert v[f"agree.{m}.bf16.joints_mm"] <= bg.TOL_MM["bf16"]
+        assert v[f"agree.{m}.channels_last.joints_mm"] <= bg.TOL_MM["channels_last"]
+        for mode in ("bf16", "channels_last"):
+            for k in ("heatmaps_rel", "ve_latent_rel"):
+                assert 0 <= v[f"agree.{m}.{mode}.{k}"] <= bg.TOL_REL[mode] and figs[f"agree.{m}.{mode}.{k}"]["ok"]
+        assert v[f"agree.{m}.bf16.heatmaps_rel"] > 1e3 * v[f"agree.{m}.channels_last.heatmaps_rel"]  # bf16 did run
+        assert v[f"agree.{m}.sensitivity_mm"] > 0
+        cap = PLAN.max_batch_cap
+        assert v[f"{m}.train.max.batch"] == cap and f"search cap {cap}" in figs[f"{m}.train.max.batch"]["note"]
+        assert v[f"{m}.gflops_train"] > v[f"{m}.gflops_inference"] > 0
+    assert v["paper.infer.compiled.b2.compile_s"] > 0                     # torch.compile traced on CPU
+    assert v["cuda_tests.selected"] >= 1 and v["cuda_tests.skipped"] == v["cuda_tests.selected"]
+    assert v["cuda_tests.failed"] == 0 and "test_cuda_matches_cpu" in figs["cuda_tests.skipped"]["note"]
+    assert v["train_steps.steps"] == PLAN.steps == 6 and v["train_steps.finite"] is True
+    curve = cpu_run["res"]["loss_curve"]
+    assert len(curve) == PLAN.steps and all(math.isfinite(x) for x in curve)
+    assert figs["train_steps.curve"]["value"] == " → ".join(f"{x:.3g}" for x in curve)   # 6 steps: one per bin
+    out = cpu_run["proc"].stdout
+    assert "gpu-check:" in out and "all checks passed" in out and "renderer fwd+bwd" in out
+
+
+@pytest.mark.slow
+def test_markdown_has_every_figure(cpu_run: dict) -> None:
+    md = cpu_run["md"]
+    assert md.startswith("# GPU check: cpu")
+    rows = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| ") and " | " in line}
+    for f in cpu_run["res"]["figures"]:
+        label = bg._md(f["label"])
+        assert label in rows, label
+        assert f"| {bg._md(bg.fmt(f))} |" in rows[label], (label, rows[label])
+    assert "| 1 |  | from test_mano.py |" in rows["CUDA-only tests selected"]
+
+
+@pytest.mark.slow
+def test_readme_update_on_a_copy(cpu_run: dict, tmp_path: Path) -> None:
+    real = (REPO / "README.md").read_text()
+    assert bg.README_BEGIN in real and bg.README_END in real and "### GPU figures" in real
+    readme = tmp_path / "README.md"
+    readme.write_text(real)
+    js = cpu_run["out"] / bg.JSON_NAME
+    # a CPU run never fills the GPU table: the library refuses, the command says so and exits 0
+    with pytest.raises(ValueError, match="CPU run"):
+        bg.update_readme(readme, cpu_run["res"])
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench_gpu", "--from-json", str(js), "--update-readme",
+                           "--readme", str(readme)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "not updated" in proc.stdout and readme.read_text() == real
+    # allowed explicitly, the block is replaced (and only it), idempotently
+    bg.update_readme(readme, cpu_run["res"], allow_cpu=True)
+    once = readme.read_text()
+    bg.update_readme(readme, cpu_run["res"], allow_cpu=True)
+    assert readme.read_text() == once
+    head, tail = real.split(bg.README_BEGIN)[0], real.split(bg.README_END)[1]
+    assert once.startswith(head) and once.endswith(tail)
+    block = once.split(bg.README_BEGIN)[1].split(bg.README_END)[0]
+    figs = cpu_run["figs"]
+    assert "cpu (" in block and cpu_run["res"]["date"][:10] in block and "CPU run (small sizes)" in block
+    nmr = " / ".join(bg.fmt(figs[f"renderer.nmr.{k}"]).removesuffix(" ms") for k in ("fwd_ms", "fwd_bwd_ms"))
+    assert f"| {nmr} ms |" in block and f"| {bg.fmt(figs['paper.train.max.batch'])} |" in block
+    row = next(line for line in block.splitlines() if line.startswith("| inference img/s, batch 1 / 2, fp32"))
+    assert bg.NOT_YET not in row and row.count(" / ") >= 3
+    # a CUDA result through the command: the table is filled
+    gpu = json.loads(js.read_text())
+    gpu["device"].update(type="cuda", name="NVIDIA H100 80GB HBM3", cuda="12.8", memory_gib=79.2)
+    gpu_js = tmp_path / "gpu.json"
+    gpu_js.write_text(json.dumps(gpu))
+    readme.write_text(real)
+    assert bg.main(["--from-json", str(gpu_js), "--update-readme", "--readme", str(readme)]) == 0
+    assert "**NVIDIA H100 80GB HBM3 (torch" in readme.read_text()
+
+
+def test_readme_template_and_bad_inputs(tmp_path: Path, capsys) -> None:
+    block = bg.readme_block(None)
+    real = (REPO / "README.md").read_text().split(bg.README_BEGIN)[1].split(bg.README_END)[0]
+    labels = lambda text: [ln.split(" | ")[0] for ln in text.splitlines() if ln.startswith("| ")]  # noqa: E731
+    assert labels(real) == labels(block)                     # the README's table is the one the code fills
+    assert block.count(bg.NOT_YET) >= 20 and "batch 1 / 8 / 64 / 256" in block and "paper profile: 256²" in block
+    no_markers = tmp_path / "R.md"
+    no_markers.write_text("# x\n")
+    with pytest.raises(ValueError, match="no '<!-- gpu-figures:begin -->'"):
+        bg.update_readme(no_markers, {"device": {"type": "cuda"}})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert bg.main(["--from-json", str(bad)]) == 2
+    assert bg.main(["--only", "bogus", "--device", "cpu", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json: not a readable gpu_check.json" in err and "unknown section(s) bogus" in err
+
+
+def test_peak_table_by_device_name() -> None:
+    assert bg.peak_tflops("NVIDIA H100 80GB HBM3")["bf16"] == 989.4
+    assert bg.peak_tflops("NVIDIA H100 PCIe")["bf16"] == 756.5
+    assert bg.peak_tflops("NVIDIA H100 NVL")["tf32"] == 417.5
+    assert bg.peak_tflops("NVIDIA H200")["bf16"] == 989.4
+    assert bg.peak_tflops("NVIDIA A100-SXM4-40GB")["bf16"] == bg.peak_tflops("NVIDIA A100 80GB PCIe")["bf16"] == 312
+    assert bg.peak_tflops("NVIDIA L4")["bf16"] == 121.0 and bg.peak_tflops("NVIDIA A10")["bf16"] == 125.0
+    assert bg.peak_tflops("NVIDIA GeForce RTX 4090")["fp32"] == 82.6
+    assert bg.peak_tflops("Tesla V100-SXM2-16GB") == {"fp32": 15.7, "tf32": None, "bf16": None}
+    assert bg.peak_tflops("Tesla T4")["fp32"] == 8.1
+    assert bg.peak_tflops("NVIDIA A10G") is None and bg.peak_tflops("NVIDIA B200") is None
+
+
+def test_budgets_skip_with_a_reason(tmp_path: Path) -> None:
+    """A spent budget leaves every cell of the section saying so (the GPU run's 8-minute bound)."""
+    plan = dataclasses.replace(bg.make_plan(torch.device("cpu")), budgets={"inference": 0, "compile": 0})
+    check = bg.GpuCheck(plan, tmp_path, only={"inference", "compile"}, log=lambda s: None)
+    assert check.run() == 0
+    figs = {f["key"]: f for f in json.loads((tmp_path / bg.JSON_NAME).read_text())["figures"]}
+    assert figs["paper.infer.fp32.b1.img_s"]["note"] == "n/a (skipped: inference budget 0 s spent)"
+    assert re.match(r"n/a \(skipped: compile budget 0 s spent", figs["paper.infer.compiled.b2.img_s"]["note"])
+    assert figs["renderer.nmr.fwd_ms"]["note"] == "not measured: section renderer not run (--only)"
+    assert figs["data.samples"]["value"] == plan.synth_n                # the data every other section reads
+
+
+def _search_check(tmp_path: Path, monkeypatch, rate) -> bg.GpuCheck:
+    """A check whose training step is replaced by ``rate(batch)``: the out-of-memory search without a GPU."""
+    plan = dataclasses.replace(PLAN, models={"paper": PLAN.models["paper"]}, max_batch_cap=4096, small=False)
+    check = bg.GpuCheck(plan, tmp_path, log=lambda s: None)
+    check.info["peak_tflops"] = bg.peak_tflops("NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(check, "_model", lambda m, head_scale=1.0: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(check, "_flops", lambda m, model: check.flops.setdefault(m, {"inference": 1e9, "train": 3e9}))
+    monkeypatch.setattr(check, "_train_rate", lambda m, base, b: rate(b))
+    check._section, check._t_section = "training", time.perf_counter()
+    check.s_training()
+    return check
+
+
+def test_batch_search_doubles_then_bisects(tmp_path: Path, monkeypatch) -> None:
+    tried: list[int] = []
+
+    def rate(b: int) -> dict[str, float]:
+        tried.append(b)
+        if b > 100:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"img_s": 10.0 * b, "step_ms": 100.0, "peak_mib": float(b)}
+
+    figs = _search_check(tmp_path, monkeypatch, rate).figs
+    assert tried == [6, 12, 24, 48, 96, 192, 144, 120]            # doubling, then two bisection steps
+    assert figs["paper.train.max.batch"].value == 96 and figs["paper.train.max.first_oom"].value == 120
+    assert figs["paper.train.max.img_s"].value == 960 and figs["paper.train.b6.img_s"].value == 60
+    assert figs["paper.train.max.mfu"].value == pytest.approx(3e9 * 960 / 67e12)   # fp32 peak of an H100 SXM
+    assert figs["paper.train.max.batch"].note == "doubling from 6, then 2 bisection steps"
+
+
+def test_batch_search_reports_a_failure_that_is_not_out_of_memory(tmp_path: Path, monkeypatch) -> None:
+    def rate(b: int) -> dict[str, float]:
+        if b == 24:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return {"img_s": 10.0 * b, "step_ms": 100.0, "peak_mib": float(b)}
+
+    f = _search_check(tmp_path, monkeypatch, rate).figs["paper.train.max.batch"]
+    assert f.value == 12 and f.ok is False and f.note.startswith("batch 24 failed (not out of memory): RuntimeError")
