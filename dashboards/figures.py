@@ -24,7 +24,8 @@ import plotly.graph_objects as go
 from pipeline.report import as_finite as _num
 
 __all__ = [
-    "BETTER", "WORSE", "SAME", "verdict", "comparison_frame", "table6_frame", "style_comparison", "table_figure",
+    "BETTER", "WORSE", "SAME", "NOISE", "verdict", "comparison_frame", "controls_frame",
+    "table6_frame", "style_comparison", "table_figure",
     "pck_figure", "auc_frame", "auc_figure", "fold_accuracy_figure", "confusion_figure", "per_class_accuracy",
     "per_class_figure", "mesh_figure", "history_figure", "compare_frame", "SKELETON", "BEYOND_PAPER",
     "beyond_paper_frame",
@@ -49,11 +50,22 @@ def verdict(diff: Any, lower_is_better: bool, tol: float = 1e-9) -> str:
 
 # ------------------------------------------------------------------------------------------------- tables
 
+NOISE = "within noise"
+
+
+def _interval_text(lo: Any, hi: Any) -> str:
+    lo, hi = _num(lo), _num(hi)
+    return "" if lo is None or hi is None else f"[{lo:.2f}, {hi:.2f}]"
+
+
 def comparison_frame(table: Mapping[str, Any]) -> pd.DataFrame:
     """One of report.json's Tables 1-5 (pipeline.report.build_report) as a frame.
 
     Columns: ``design choice`` (the paper's label), ``row`` (the params.yaml ablation row, when any),
-    ``paper``, ``ours``, ``ours − paper``, ``verdict`` (better/worse/same, by the table's ``lower_is_better``)
+    ``paper``, ``ours`` (mean over seeds and test images), ``interval`` (its 95 % bootstrap interval),
+    ``ours − paper``, ``verdict`` (better / worse only when the paper's value lies outside our interval, else
+    "within noise"; "" without an interval: nothing is judged on a bare number), ``vs base`` (the paired
+    difference to the base row), ``vs base interval``, ``vs base verdict`` ("resolved" / "within noise")
     and ``note``. Missing values are NaN.
     """
     lower = bool(table.get("lower_is_better", True))
@@ -63,12 +75,44 @@ def comparison_frame(table: Mapping[str, Any]) -> pd.DataFrame:
         diff = _num(r.get("diff"))
         if diff is None and paper is not None and ours is not None:
             diff = ours - paper
+        ci = r.get("ci") or [None, None]
+        lo, hi = _num(ci[0]), _num(ci[1])
+        judged = ""
+        if diff is not None and lo is not None and hi is not None and paper is not None:
+            judged = verdict(diff, lower) if not lo <= paper <= hi else NOISE
+        vb = r.get("vs_base") or {}
+        vb_mean = _num(vb.get("mean"))
         rows.append({"design choice": r.get("label", ""), "row": r.get("row", ""),
                      "paper": np.nan if paper is None else paper, "ours": np.nan if ours is None else ours,
-                     "ours − paper": np.nan if diff is None else diff, "verdict": verdict(diff, lower),
+                     "interval": _interval_text(lo, hi),
+                     "ours − paper": np.nan if diff is None else diff, "verdict": judged,
+                     "vs base": np.nan if vb_mean is None else vb_mean,
+                     "vs base interval": _interval_text(vb.get("lo"), vb.get("hi")),
+                     "vs base verdict": "" if vb_mean is None else ("resolved" if vb.get("resolved") else NOISE),
                      "note": r.get("note", "")})
-    cols = ["design choice", "row", "paper", "ours", "ours − paper", "verdict", "note"]
+    cols = ["design choice", "row", "paper", "ours", "interval", "ours − paper", "verdict", "vs base",
+            "vs base interval", "vs base verdict", "note"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def controls_frame(controls: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """report.json's ``controls`` (the framework beside the mean pose and the direct head) as a frame:
+    ``model``, ``row``, ``seeds``, ``epochs``, ``EPE (mm)``, ``interval``, ``AUC``, ``vs base``,
+    ``vs base interval``, ``vs base verdict``."""
+    rows = []
+    for r in controls:
+        ours, vb = _num(r.get("ours")), r.get("vs_base") or {}
+        ci = r.get("ci") or [None, None]
+        vb_mean = _num(vb.get("mean"))
+        rows.append({"model": r.get("label", ""), "row": r.get("row", ""), "seeds": r.get("seeds"),
+                     "epochs": r.get("epochs"), "EPE (mm)": np.nan if ours is None else ours,
+                     "interval": _interval_text(ci[0], ci[1]),
+                     "AUC": np.nan if _num(r.get("auc")) is None else _num(r.get("auc")),
+                     "vs base": np.nan if vb_mean is None else vb_mean,
+                     "vs base interval": _interval_text(vb.get("lo"), vb.get("hi")),
+                     "vs base verdict": "" if vb_mean is None else ("resolved" if vb.get("resolved") else NOISE)})
+    return pd.DataFrame(rows, columns=["model", "row", "seeds", "epochs", "EPE (mm)", "interval", "AUC", "vs base",
+                                       "vs base interval", "vs base verdict"])
 
 
 def table6_frame(table: Mapping[str, Any]) -> pd.DataFrame:
@@ -87,22 +131,31 @@ def table6_frame(table: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model"] + [f"{k} {c}" for c in cols for k in ("paper", "ours", "ours − paper")])
 
 
-def style_comparison(frame: pd.DataFrame, lower_is_better: bool, digits: int = 2):
-    """A pandas Styler colouring ``ours − paper`` (and ``ours``) green when better than the paper, red when worse."""
-    diff_cols = [c for c in frame.columns if str(c).startswith("ours − paper")]
+def _css(judged: str) -> str:
+    return (f"background-color: {_BETTER_BG}; color: {BETTER}" if judged == "better" else
+            f"background-color: {_WORSE_BG}; color: {WORSE}" if judged == "worse" else "")
 
-    def colour(col: pd.Series) -> list[str]:
-        out = []
-        for v in col:
-            judged = verdict(v, lower_is_better)
-            out.append(f"background-color: {_BETTER_BG}; color: {BETTER}" if judged == "better" else
-                       f"background-color: {_WORSE_BG}; color: {WORSE}" if judged == "worse" else "")
-        return out
+
+def style_comparison(frame: pd.DataFrame, lower_is_better: bool, digits: int = 2):
+    """A pandas Styler colouring only RESOLVED differences: ``ours − paper`` green / red when the row's
+    ``verdict`` is better / worse (the paper's value outside our interval), ``vs base`` when its
+    ``vs base verdict`` is "resolved" (green: better than the base). Differences within noise stay plain.
+    A frame without a ``verdict`` column (Table 6: no intervals) is never coloured."""
+    def colour_paper(col: pd.Series) -> list[str]:
+        if "verdict" not in frame.columns:
+            return [""] * len(col)
+        return [_css(frame.loc[i, "verdict"]) for i in col.index]
+
+    def colour_base(col: pd.Series) -> list[str]:
+        return [_css(verdict(v, lower_is_better)) if frame.loc[i, "vs base verdict"] == "resolved" else ""
+                for i, v in col.items()]
 
     num_cols = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
     styler = frame.style.format({c: f"{{:.{digits}f}}" for c in num_cols}, na_rep="—")
-    if diff_cols:
-        styler = styler.apply(colour, subset=diff_cols)
+    if "ours − paper" in frame.columns:
+        styler = styler.apply(colour_paper, subset=["ours − paper"])
+    if "vs base" in frame.columns and "vs base verdict" in frame.columns:
+        styler = styler.apply(colour_base, subset=["vs base"])
     return styler
 
 
@@ -113,7 +166,13 @@ def table_figure(table: Mapping[str, Any], title: str | None = None) -> go.Figur
     fig = go.Figure()
     fig.add_bar(name="paper", x=labels, y=frame["paper"], marker_color="#8c959f")
     colours = [BETTER if v == "better" else WORSE if v == "worse" else SAME for v in frame["verdict"]]
-    fig.add_bar(name="ours", x=labels, y=frame["ours"], marker_color=colours)
+    cis = [r.get("ci") or [None, None] for r in table.get("rows", [])]
+    pairs = list(zip(cis, frame["ours"], strict=True))
+    plus = [(_num(c[1]) - o) if _num(c[1]) is not None and o == o else None for c, o in pairs]
+    minus = [(o - _num(c[0])) if _num(c[0]) is not None and o == o else None for c, o in pairs]
+    error_y = ({"type": "data", "symmetric": False, "array": plus, "arrayminus": minus}
+               if any(v is not None for v in plus) else None)
+    fig.add_bar(name="ours", x=labels, y=frame["ours"], marker_color=colours, error_y=error_y)
     fig.update_layout(barmode="group", title=title or table.get("title", ""), yaxis_title=table.get("metric", ""),
                       legend={"orientation": "h", "y": 1.12}, margin={"l": 40, "r": 10, "t": 60, "b": 10},
                       height=360)
@@ -151,15 +210,23 @@ def beyond_paper_frame(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------- PCK / AUC
 
 def pck_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-               aucs: Mapping[str, float] | None = None) -> go.Figure:
+               aucs: Mapping[str, float] | None = None,
+               bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> go.Figure:
     """3D PCK curves (x: threshold mm, y: fraction of joints within it), one line per run label.
 
-    ``aucs`` (label -> AUC in [0, 1]) are appended to the legend entries.
+    ``aucs`` (label -> AUC in [0, 1]) are appended to the legend entries; ``bands`` (label -> (lo, hi) per
+    threshold, keyhand.stats.pck_band) are drawn as shaded intervals under their curve.
     """
     fig = go.Figure()
     for label, (th, vals) in curves.items():
         auc = (aucs or {}).get(label)
         name = f"{label} (AUC {auc:.3f})" if _num(auc) is not None else label
+        band = (bands or {}).get(label)
+        if band is not None:
+            x = list(map(float, th))
+            fig.add_scatter(x=x + x[::-1], y=list(map(float, band[1])) + list(map(float, band[0]))[::-1],
+                            fill="toself", line={"width": 0}, opacity=0.2, hoverinfo="skip", showlegend=False,
+                            name=f"{label} interval")
         fig.add_scatter(x=list(map(float, th)), y=list(map(float, vals)), mode="lines+markers", name=name,
                         hovertemplate="%{x:.1f} mm: %{y:.3f}<extra>" + label + "</extra>")
     fig.update_layout(xaxis_title="threshold (mm)", yaxis_title="3D PCK", yaxis_range=[0, 1.02], showlegend=True,

@@ -380,13 +380,13 @@ def evaluate_cmd(
 ) -> None:
     """3D EPE, PCK (20-50 mm) and AUC on a split (§4.3), per-sample predictions and Fig. 6 panels."""
     from keyhand.atomic import atomic_write_json
-    from pipeline.stages.runs import stage_data
+    from pipeline.stages.runs import test_split
     from trainers.run import evaluate_checkpoint
 
     p = _params(params)
     if data is None:
-        sd = stage_data(p, "pose")
-        split, split_masks = sd.val, sd.masks_val
+        test, test_masks = test_split(p, "pose")   # evaluation reads the test split (training monitors val)
+        split, split_masks = test, str(test_masks)
     else:
         split, split_masks = _eval_split(data), None
     try:

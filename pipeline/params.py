@@ -20,7 +20,9 @@ Sections (each forbids unknown keys, so a typo stops with ``params.yaml: sweep.a
     model, loss, sfe, train, gesture    trainers.config sections (Tables 1-4 switches, Eq. 12 weights, stages)
     evaluate  Fig. 6 panels to render
     cv        §4.3.3 gesture cross-validation (folds, test fraction, stratified | subject)
-    sweep     the Tables 1-4 rows (named overrides), the Optuna search space, per-trial resources, retries
+    sweep     the Tables 1-4 rows and the direct-regression control (named overrides of the main configuration),
+              epochs per row, the Optuna search space, per-trial resources, retries
+    stats     seeds of every compared row (train.seed + k), the interval level, bootstrap replicates
     ray       the cluster address (None = a local Ray; "auto"; "ray://host:port")
     mlflow    tracking URI (None = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db) and experiments
 
@@ -65,7 +67,7 @@ class SyntheticSection(_Section):
     height: int = Field(240, ge=32)
     width: int = Field(320, ge=32)
     obman: dict[str, int] = {"train": 240}
-    stb: dict[str, int] = {"train": 240, "test": 60}
+    stb: dict[str, int] = {"train": 240, "val": 30, "test": 60}
     gestures: dict[str, int] = {"all": 240}
     subjects: int = Field(4, ge=1)
 
@@ -93,6 +95,7 @@ class StbSection(RootSection):
 class DataSection(_Section):
     source: Literal["synthetic", "real"] = "synthetic"
     on_corrupt: Literal["fail", "skip"] = "fail"        # corrupt images: stop, or skip with a counted warning
+    val_fraction: float = Field(0.05, gt=0, lt=1)       # real sets: held-out share of train for val (every 1/f-th)
     synthetic: SyntheticSection = SyntheticSection()
     obman: ObmanSection = ObmanSection()
     stb: StbSection = StbSection()
@@ -142,6 +145,14 @@ class SweepSection(_Section):
     search: SearchSection = SearchSection()
 
 
+class StatsSection(_Section):
+    """Seeds of every compared configuration and the bootstrap of their intervals (keyhand.stats)."""
+
+    seeds: int = Field(3, ge=1)                         # training seeds per row (train.seed, +1, ...)
+    confidence: float = Field(0.95, gt=0, lt=1)         # interval level (two-way bootstrap: images and seeds)
+    bootstrap: int = Field(2000, ge=100)                # bootstrap replicates
+
+
 class RaySection(_Section):
     address: str | None = None                          # None: a local Ray; "auto"; "ray://host:10001"
     storage_path: str | None = None                     # Tune storage; None: runs/ray (a shared path or s3:// URI
@@ -155,13 +166,17 @@ class MlflowSection(_Section):
                                    "gesture_cv": "keyhand-gesture-cv", "search": "keyhand-search"}
 
 
-#: The Tables 1-4 rows. The base is the paper's Tables 1-3 configuration (Table 4 row 1): pretrained SFE
-#: (heatmaps + silhouette), 4 ResNet modules, VE2, 45 PCA, re-projection and L_Reg on, no skeleton
-#: adaptation, hourglass summation. ``full`` is the best Table 4 row, which the train stage also trains.
-ABLATION_BASE = {"model": {"sfe": "heatmaps+silhouette", "fusion": "sum", "ve_blocks": 4, "ve_dense": "VE2",
-                           "pca_comps": 45, "skeleton_adaptation": False}, "pretrained_sfe": True}
+#: The Tables 1-4 rows. The base is the MAIN configuration (what the train stage trains: the paper's best Table 4
+#: row, pretrained SFE, 4 ResNet modules, VE2, 45 PCA, re-projection and L_Reg on, skeleton adaptation, hourglass
+#: concatenation) at the sweep's budget, so that the base row and the main run are one configuration; each row
+#: changes one switch of it. (The paper's Tables 1-3 changed one switch of its Table 4 first row instead:
+#: ``t4_no_adapt_sum`` here.) ``control_direct`` is the direct-regression control (issue 11): the same SFE and
+#: VE, a linear 63-output head, trained at the same budget (L_2D, L_M and L_Reg have nothing to act on).
+ABLATION_BASE: dict[str, Any] = {"pretrained_sfe": True}
+CONTROL_DIRECT = {"model": {"estimator": "direct"}, "loss": {"joints_2d": 0.0, "mask": 0.0, "reg": 0.0}}
 ABLATION_ROWS: dict[str, dict[str, Any]] = {
     "base": {},
+    "control_direct": CONTROL_DIRECT,
     "t1_no_sfe": {"model": {"sfe": "none"}, "pretrained_sfe": False},
     "t1_sfe_heatmaps": {"model": {"sfe": "heatmaps"}, "pretrained_sfe": False},
     "t1_sfe_heatmaps_silhouette": {"pretrained_sfe": False},
@@ -173,26 +188,35 @@ ABLATION_ROWS: dict[str, dict[str, Any]] = {
     "t3_pca_30": {"model": {"pca_comps": 30}},
     "t3_no_reprojection": {"loss": {"joints_2d": 0.0, "mask": 0.0}},   # Table 3: joints and mesh re-projection
     "t3_no_reg": {"loss": {"reg": 0.0}},
-    "t4_adapt_sum": {"model": {"skeleton_adaptation": True}},
-    "t4_adapt_concat_ve1": {"model": {"skeleton_adaptation": True, "fusion": "concat", "ve_dense": "VE1"}},
-    "t4_adapt_concat_ve2": {"model": {"skeleton_adaptation": True, "fusion": "concat", "ve_dense": "VE2"}},
+    "t4_no_adapt_sum": {"model": {"skeleton_adaptation": False, "fusion": "sum"}},
+    "t4_adapt_sum": {"model": {"fusion": "sum"}},
 }
+#: The default profile's rows (its compute, issue 11 item 6): the base, the direct control and Table 1's largest
+#: switch (the paper's: no SFE, +1.94 mm), each with ``stats.seeds`` seeds. The paper profile runs every row.
+#: Compute: 3 rows × 3 seeds × 2 epochs × 288 images + the main run's 12 × 288 = 8,640 sample-epochs, what the
+#: previous default spent (15 rows × 1 epoch × 320 + 12 × 320).
+DEFAULT_ROWS = {k: ABLATION_ROWS[k] for k in ("base", "control_direct", "t1_no_sfe")}
 
 #: Profiles of the sections outside trainers.config (whose own PROFILES fill model / loss / stages).
 PARAMS_PROFILES: dict[str, dict[str, Any]] = {
     "default": {
+        # the pose set: 288 train + 32 val (model monitoring, the search) + 48 test (evaluate and the report only)
         "data": {"synthetic": {"height": 160, "width": 160, "obman": {"train": 160},
-                               "stb": {"train": 320, "test": 48}, "gestures": {"all": 192}, "subjects": 4}},
+                               "stb": {"train": 288, "val": 32, "test": 48}, "gestures": {"all": 192},
+                               "subjects": 4}},
         "cv": {"folds": 10},
-        "sweep": {"base": ABLATION_BASE, "rows": ABLATION_ROWS, "epochs": 1},
+        # every compared row: 3 seeds at 2 epochs (main run: train.epochs); see README "Statistics"
+        "sweep": {"base": ABLATION_BASE, "rows": DEFAULT_ROWS, "epochs": 2},
+        "stats": {"seeds": 3},
     },
     "paper": {
-        # §4.1: 141,550 ObMan images (SFE pretraining), STB-SK 15,000 / 3,000; gesture sets as RWTH
+        # §4.1: 141,550 ObMan images (SFE pretraining), STB-SK 15,000 / 3,000 (+ a generated val split of 750)
         "data": {"synthetic": {"height": 480, "width": 640, "obman": {"train": 141550},
-                               "stb": {"train": 15000, "test": 3000}, "gestures": {"all": 1160},
+                               "stb": {"train": 15000, "val": 750, "test": 3000}, "gestures": {"all": 1160},
                                "subjects": 20}},
         "cv": {"folds": 10},
-        "sweep": {"base": ABLATION_BASE, "rows": ABLATION_ROWS, "gpus_per_trial": 0.25},
+        "sweep": {"base": ABLATION_BASE, "rows": ABLATION_ROWS, "epochs": None, "gpus_per_trial": 0.25},
+        "stats": {"seeds": 1},
     },
 }
 
@@ -214,6 +238,7 @@ class Params(TrainConfig):
     evaluate: EvaluateSection = EvaluateSection()
     cv: CvSection = CvSection()
     sweep: SweepSection = SweepSection()
+    stats: StatsSection = StatsSection()
     ray: RaySection = RaySection()
     mlflow: MlflowSection = MlflowSection()
 
@@ -251,15 +276,21 @@ class Params(TrainConfig):
         """The trainers.config.TrainConfig of these params (``overrides``: dotted keys or nested sections)."""
         return self.training().with_overrides(overrides)
 
-    def ablation_config(self, row: str) -> tuple[TrainConfig, bool]:
-        """(TrainConfig, start from the pretrained SFE?) of ablation row ``row`` (base + row overrides)."""
+    def ablation_config(self, row: str, seed_index: int = 0) -> tuple[TrainConfig, bool]:
+        """(TrainConfig, start from the pretrained SFE?) of ablation row ``row`` (main configuration + base + row
+        overrides, ``sweep.epochs``), trained with seed ``train.seed + seed_index`` (one of ``stats.seeds``)."""
         if row not in self.sweep.rows:
             raise ParamsError(f"params.yaml: sweep.rows: no row {row!r} (rows: {', '.join(self.sweep.rows)})")
         spec = merge(self.sweep.base, self.sweep.rows[row])
         pretrained = bool(spec.pop("pretrained_sfe", False))
         if self.sweep.epochs is not None:
             spec = merge(spec, {"train": {"epochs": self.sweep.epochs}})
-        return self.train_config(spec), pretrained
+        cfg = self.train_config(spec)
+        return cfg.with_overrides({"train.seed": cfg.train.seed + int(seed_index)}), pretrained
+
+    def seed_indices(self) -> list[int]:
+        """0 .. stats.seeds − 1: the seeds (offsets of ``train.seed``) every compared row trains with."""
+        return list(range(self.stats.seeds))
 
     def pose_datasets(self) -> dict[str, str]:
         """{"pretrain": dataset for SFE pretraining, "pose": dataset for training/evaluation}."""
@@ -308,7 +339,8 @@ def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None 
 
 #: One comment line per section, written above it in params.yaml.
 SECTION_NOTES = {
-    "data": "source synthetic|real; real roots: ObMan, STB (SK), RWTH, Senz3D (see README)",
+    "data": "source synthetic|real; real roots: ObMan, STB (SK), RWTH, Senz3D (see README); val_fraction: the "
+            "share of a real train split held out as val (synthetic sets generate a val split)",
     "prepare": "§3.1 crop enlargement, §3.5 heatmap sigma and GrabCut iterations/processes "
                "(the crop side is model.image_size)",
     "model": "every switch of Tables 1-4 (sfe, fusion, ve_blocks, ve_dense, pca_comps, skeleton_adaptation); "
@@ -320,7 +352,9 @@ SECTION_NOTES = {
     "classifier": "its hidden width",
     "evaluate": "Fig. 6 panels rendered by the evaluate stage",
     "cv": "§4.3.3 gesture cross-validation",
-    "sweep": "the Tables 1-4 rows (overrides of base), per-trial resources, retries, the Optuna search",
+    "sweep": "the Tables 1-4 rows and controls (overrides of base = the main configuration), epochs per row "
+             "(null = train.epochs), per-trial resources, retries, the Optuna search",
+    "stats": "seeds of every compared row, the interval level and bootstrap replicates (keyhand/stats.py)",
     "ray": "address: null = a local Ray; auto, host:6379 or ray://host:10001 = an existing cluster; storage_path: "
            "Tune's folder (null = runs/ray; a shared path or s3:// URI on a multi-node cluster)",
     "mlflow": "null = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db",

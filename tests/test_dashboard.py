@@ -100,7 +100,7 @@ def build_project(root: Path) -> dict:
     save_predictions(runs / "evaluate" / "predictions.npz", new["predictions"])
 
     # the ablation sweep: a parent and one child per row (per-epoch validation EPE), one row failed
-    ablation = {"base": 120.0, "t1_no_sfe": 130.0, "t4_adapt_concat_ve2": 8.0}
+    ablation = {"base": 120.0, "t1_no_sfe": 130.0, "t4_adapt_sum": 8.0}
     with tracked_run(names["ablation"], run_name="ablation", stage="ablate") as parent:
         pid = parent.info.run_id
     for row, epe in ablation.items():
@@ -129,8 +129,14 @@ def build_project(root: Path) -> dict:
     pck = new["metrics"]["pck"]
     (metrics_dir / "pck.json").write_text(json.dumps([{"threshold_mm": t, "pck": v} for t, v in
                                                       zip(pck["thresholds_mm"], pck["values"], strict=True)]))
-    rows = {r: {"status": "FINISHED", "epe_mean": e, "auc": 0.1} for r, e in ablation.items()}
+    rows = {r: {"status": "FINISHED", "epe_mean": e, "auc": 0.1, "ci": [e - 1.5, e + 0.5], "seeds": 3,
+                "vs_base": None if r == "base" else {"mean": e - 120.0, "lo": e - 125.0, "hi": e - 115.0,
+                                                     "resolved": True}} for r, e in ablation.items()}
     rows["t2_ve1"] = {"status": "FAILED", "epe_mean": None}
+    rows["control_direct"] = {"status": "FINISHED", "epe_mean": 118.0, "ci": [110.0, 126.0], "seeds": 3, "auc": 0.1,
+                              "vs_base": {"mean": -2.0, "lo": -6.0, "hi": 2.0, "resolved": False}}
+    rows["control_mean_pose"] = {"status": "FINISHED", "epe_mean": 150.0, "ci": [140.0, 160.0], "seeds": 1,
+                                 "vs_base": {"mean": 30.0, "lo": 25.0, "hi": 35.0, "resolved": True}}
     gesture = {"synth-gestures": {"fold_accuracies": FOLD_ACC, "mean": float(np.mean(FOLD_ACC)),
                                   "std": float(np.std(FOLD_ACC)), "class_names": CLASSES, "confusion": CONFUSION}}
     (metrics_dir / "gesture_cv.json").write_text(json.dumps({"datasets": gesture}))
@@ -228,9 +234,13 @@ def test_tables_page(app, project: dict) -> None:
     assert t1["paper"].tolist() == [r["value"] for r in paper["table1"]["rows"]]
     base = t1[t1["row"] == "base"].iloc[0]
     assert base["ours"] == pytest.approx(120.0) and base["ours − paper"] == pytest.approx(120.0 - 11.12)
-    assert base["verdict"] == "worse"
+    assert base["verdict"] == "worse" and base["interval"] == "[118.50, 120.50]"   # the paper outside our interval
     t4 = _df(at, "design choice", "row", nth=3).set_index("row")
-    assert t4.loc["t4_adapt_concat_ve2", "verdict"] == "better"           # 8.0 mm < the paper's 8.79
+    assert t4.loc["t4_adapt_sum", "verdict"] == "better"                  # [6.5, 8.5] mm < the paper's 9.10
+    assert t4.loc["t4_adapt_sum", "vs base verdict"] == "resolved"
+    controls = _df(at, "model", "vs base verdict").set_index("row")
+    assert controls.loc["control_direct", "vs base verdict"] == "within noise"
+    assert controls.loc["control_mean_pose", "vs base verdict"] == "resolved" and controls.loc["base", "seeds"] == 3
     t2 = _df(at, "design choice", "row", nth=1).set_index("row")
     assert math.isnan(t2.loc["t2_ve1", "ours"]) and "failed" in t2.loc["t2_ve1", "note"]
     t5 = _df(at, "design choice", "verdict", nth=4)
@@ -415,18 +425,28 @@ def test_streamlit_command() -> None:
 # ------------------------------------------------------------------------------------------------ figures
 
 def test_comparison_frame_and_colours() -> None:
+    resolved = {"mean": 1.0, "lo": 0.5, "hi": 1.5, "resolved": True}
     table = {"lower_is_better": True, "rows": [
-        {"label": "a", "row": "base", "paper": 11.12, "ours": 10.0, "diff": -1.12, "note": "finished"},
-        {"label": "b", "row": "t2", "paper": 10.0, "ours": 12.0, "diff": 2.0, "note": "finished"},
-        {"label": "c", "row": "t3", "paper": 9.0, "ours": None, "diff": None, "note": "not run"}]}
+        {"label": "a", "row": "base", "paper": 11.12, "ours": 10.0, "diff": -1.12, "note": "finished",
+         "ci": [9.0, 11.0]},
+        {"label": "b", "row": "t2", "paper": 10.0, "ours": 12.0, "diff": 2.0, "note": "finished", "ci": [11.0, 13.0],
+         "vs_base": resolved},
+        {"label": "c", "row": "t3", "paper": 9.0, "ours": None, "diff": None, "note": "not run"},
+        {"label": "d", "row": "t4", "paper": 10.0, "ours": 10.5, "diff": 0.5, "note": "finished", "ci": [8.0, 13.0],
+         "vs_base": {**resolved, "lo": -0.5, "resolved": False}},
+        {"label": "e", "row": "t5", "paper": 10.0, "ours": 15.0, "diff": 5.0, "note": "old, no interval"}]}
     frame = F.comparison_frame(table)
-    assert frame["verdict"].tolist() == ["better", "worse", ""]
+    assert frame["verdict"].tolist() == ["better", "worse", "", "within noise", ""]     # judged only with an interval
+    assert frame["vs base verdict"].tolist() == ["", "resolved", "", "within noise", ""]
     assert math.isnan(frame.loc[2, "ours"])
     html = F.style_comparison(frame, lower_is_better=True).to_html()
     assert F.BETTER in html and F.WORSE in html and "—" in html
+    plain = F.style_comparison(frame.iloc[[3, 4]].reset_index(drop=True), lower_is_better=True).to_html()
+    assert F.BETTER not in plain and F.WORSE not in plain               # within noise, or no interval: no colour
     assert F.verdict(0.01, lower_is_better=False) == "better" and F.verdict(0.01, True) == "worse"
     fig = F.table_figure(table)
-    assert fig.data[1].marker.color == (F.BETTER, F.WORSE, F.SAME)
+    assert fig.data[1].marker.color == (F.BETTER, F.WORSE, F.SAME, F.SAME, F.SAME)
+    assert list(fig.data[1].error_y.array)[:2] == [1.0, 1.0]
     t6 = {"columns": ["rwth"], "rows": [{"label": "x", "paper": {"rwth": 70.0}, "ours": {"rwth": 72.0},
                                          "diff": {"rwth": 2.0}}]}
     assert F.table6_frame(t6).iloc[0].tolist() == ["x", 70.0, 72.0, 2.0]
@@ -448,6 +468,8 @@ def test_pck_and_auc_figures() -> None:
     fig = F.pck_figure({"a": ([20, 30], [0.5, 0.7]), "b": ([20, 30], [0.4, 0.6])}, aucs={"a": 0.61})
     assert [t.name for t in fig.data] == ["a (AUC 0.610)", "b"]
     assert list(fig.data[1].y) == [0.4, 0.6] and fig.layout.xaxis.title.text == "threshold (mm)"
+    banded = F.pck_figure({"a": ([20, 30], [0.5, 0.7])}, bands={"a": ([0.4, 0.6], [0.6, 0.8])})
+    assert banded.data[0].fill == "toself" and list(banded.data[0].y) == [0.6, 0.8, 0.6, 0.4]
     frame = F.auc_frame({"rows": [{"label": "p1", "paper": 0.9}, {"label": "p2", "paper": 0.99}]}, {"ours": 0.95})
     assert frame["method"].tolist() == ["p2", "ours", "p1"]
     bars = F.auc_figure(frame)

@@ -32,7 +32,8 @@ def test_paper_profile_is_the_papers_protocol() -> None:
         st = p.stage(stage)
         assert (st.batch_size, st.lr, st.weight_decay, st.epochs) == (6, 1e-4, 1e-5, epochs)
     assert p.model.image_size == 256 and p.model.sfe_channels == 256 and p.model.ve_input_size == 256
-    assert p.data.synthetic.stb == {"train": 15000, "test": 3000} and p.cv.folds == 10
+    assert p.data.synthetic.stb == {"train": 15000, "val": 750, "test": 3000} and p.cv.folds == 10
+    assert p.stats.seeds == 1 and p.sweep.epochs is None and "control_direct" in p.sweep.rows  # same budget
     # what a file states wins over the profile; what it leaves out comes from the default profile
     assert Params.for_profile("paper", {"train": {"epochs": 3}}).train.epochs == 3
     assert Params.model_validate({"train": {"epochs": 3}}).model == Params().model
@@ -113,16 +114,23 @@ def test_write_keeps_local_settings_and_leaves_a_bad_file_untouched(tmp_path: Pa
     assert bad.read_text() == "train: {lrr: 1}\n"
 
 
-def test_ablation_rows_are_the_base_plus_one_switch() -> None:
-    p = Params()
-    assert {"base", "t1_no_sfe", "t2_ve1", "t3_pca_15", "t3_no_reg", "t4_adapt_concat_ve2"} <= set(p.sweep.rows)
+def test_ablation_rows_are_the_main_configuration_plus_one_switch() -> None:
+    p = Params.for_profile("paper")
+    assert {"base", "control_direct", "t1_no_sfe", "t2_ve1", "t3_pca_15", "t3_no_reg",
+            "t4_no_adapt_sum"} <= set(p.sweep.rows)
     base, pretrained = p.ablation_config("base")
-    assert pretrained and base.model.fusion == "sum" and not base.model.skeleton_adaptation
+    assert pretrained and base == p.train_config()            # the base row IS the main run, same budget and seed
     row, pretrained = p.ablation_config("t1_no_sfe")
-    assert row.model.sfe == "none" and not pretrained and row.model.fusion == "sum"
-    row, _ = p.ablation_config("t3_no_reg")
-    assert row.loss.reg == 0 and row.loss.joints_2d == base.loss.joints_2d
-    assert row.train.epochs == p.sweep.epochs
+    assert row.model.sfe == "none" and not pretrained and row.model.fusion == base.model.fusion
+    row, _ = p.ablation_config("t3_no_reg", seed_index=2)
+    assert row.loss.reg == 0 and row.loss.joints_2d == base.loss.joints_2d and row.train.seed == base.train.seed + 2
+    direct, _ = p.ablation_config("control_direct")
+    assert direct.model.estimator == "direct"
+    assert (direct.loss.joints_2d, direct.loss.mask, direct.loss.reg) == (0, 0, 0)
+    assert direct.train == base.train                          # the control at the main run's budget
+    d = Params()                                               # default: fewer rows, a sweep budget, 3 seeds
+    assert d.seed_indices() == [0, 1, 2] and set(d.sweep.rows) == {"base", "control_direct", "t1_no_sfe"}
+    assert d.ablation_config("base")[0] == d.train_config({"train.epochs": d.sweep.epochs})
     with pytest.raises(ParamsError, match="no row 'nope'"):
         p.ablation_config("nope")
     # every row the paper's tables name exists
@@ -145,7 +153,7 @@ def test_report_tables_beside_the_paper(tmp_path: Path) -> None:
     assert report["tables"]["table6"]["ours_by_dataset"]["synth-gestures"]["mean_pct"] == pytest.approx(60.0)
     js, md = write_report(report, tmp_path / "report")
     text = md.read_text()
-    assert "Table 1: Semantic feature extractor ablation study" in text and "| 12.12 | +1.00 |" in text
+    assert "Table 1: Semantic feature extractor ablation study" in text and "| 12.12 | — | +1.00 |" in text
     assert "synth-gestures: 60.00 % ± 10.00" in text and js.is_file()
     assert render_markdown(build_report(None, None, None)).count("| — |") > 20       # nothing run yet
 
@@ -197,3 +205,29 @@ def test_cli_sweep_unreachable_address_one_line(tmp_path: Path, monkeypatch) -> 
         r = CliRunner().invoke(app, ["sweep", what, "--address", "ray://127.0.0.1:1", "--params", str(path)])
         assert r.exit_code == 2 and f"sweep {what}:" in r.output and "127.0.0.1:1" in r.output
         assert len(r.output.strip().splitlines()) == 1
+
+
+def test_report_shows_controls_intervals_and_resolution(tmp_path: Path) -> None:
+    evaluation = {"epe_mean": 20.0, "auc": 0.5, "count": 48, "epe_ci": [18.0, 22.5], "epochs": 12}
+    ablation = {
+        "base": {"status": "FINISHED", "epe_mean": 30.0, "ci": [28.0, 32.0], "seeds": 3, "epochs": 2, "vs_base": None},
+        "t1_no_sfe": {"status": "FINISHED", "epe_mean": 35.0, "ci": [33.0, 37.0], "seeds": 3,
+                      "vs_base": {"mean": 5.0, "lo": 3.0, "hi": 7.0, "resolved": True}},
+        "control_direct": {"status": "FINISHED", "epe_mean": 29.0, "ci": [27.0, 31.0], "seeds": 3, "control": True,
+                           "vs_base": {"mean": -1.0, "lo": -2.5, "hi": 0.4, "resolved": False}},
+        "control_mean_pose": {"status": "FINISHED", "epe_mean": 70.0, "ci": [65.0, 75.0], "seeds": 1,
+                              "vs_base": {"mean": 40.0, "lo": 36.0, "hi": 44.0, "resolved": True},
+                              "pck": {"thresholds_mm": [21.0, 35.0, 50.0], "pck": [0.1, 0.3, 0.5],
+                                      "lo": [0.05, 0.2, 0.4], "hi": [0.15, 0.4, 0.6]}}}
+    report = build_report(evaluation, ablation, {}, comparison={"seeds": 3, "epochs": 2, "main_epochs": 12})
+    controls = {r["row"]: r for r in report["controls"]}
+    assert controls["evaluate"]["ci"] == [18.0, 22.5] and controls["evaluate"]["seeds"] == 1
+    assert controls["control_mean_pose"]["vs_base"]["verdict"] == "resolved"
+    assert controls["control_direct"]["vs_base"]["verdict"] == "within noise"
+    t1 = {r["row"]: r for r in report["tables"]["table1"]["rows"]}
+    assert t1["t1_no_sfe"]["ci"] == [33.0, 37.0] and t1["t1_no_sfe"]["vs_base"]["resolved"]
+    text = write_report(report, tmp_path)[1].read_text()
+    assert "## Controls" in text and "| 70.00 | [65.0, 75.0] |" in text
+    assert "+5.00 [+3.00, +7.00] **resolved**" in text and "-1.00 [-2.50, +0.40] within noise" in text
+    assert "3 seed(s) at 2 epochs (the main run: 12)" in text and "read only by the evaluation" in text
+    assert "PCK@35.0 mm" in text and "0.300 [0.200, 0.400]" in text

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 TINY = {
-    "data": {"synthetic": {"height": 96, "width": 96, "obman": {"train": 12}, "stb": {"train": 12, "test": 6},
+    "data": {"synthetic": {"height": 96, "width": 96, "obman": {"train": 12}, "stb": {"train": 12, "val": 4, "test": 6},
                            "gestures": {"all": 24}, "subjects": 2}},
     "prepare": {"mask_workers": 1},
     "model": {"image_size": 64, "sfe_channels": 16, "ve_input_size": 32, "ve_channels": 8, "dense_scale": 0.02,
@@ -29,8 +29,12 @@ TINY = {
     "gesture": {"epochs": 5, "batch_size": 8},
     "evaluate": {"panels": 1},
     "cv": {"folds": 2},
-    "sweep": {"rows": {"base": {}, "t3_no_reg": {"loss": {"reg": 0.0}}}, "epochs": 1},
+    "sweep": {"rows": {"base": {}, "t3_no_reg": {"loss": {"reg": 0.0}},
+                       "control_direct": {"model": {"estimator": "direct"},
+                                          "loss": {"joints_2d": 0.0, "mask": 0.0, "reg": 0.0}}}, "epochs": 1},
+    "stats": {"seeds": 2, "bootstrap": 200},
 }
+ROWS = {"base", "t3_no_reg", "control_direct", "control_mean_pose"}
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -68,16 +72,27 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict]) -> None:
     files = next(iter(metrics.values()))["data"]
     ev = files["runs/metrics/evaluate.json"]["data"]
     assert ev["count"] == 6 and 0 < ev["epe_mean"] < 1000 and 0 <= ev["auc"] <= 1
+    ev_file = json.loads((repo / "runs/metrics/evaluate.json").read_text())   # lists: not in `dvc metrics show`
+    assert ev["dataset"].endswith("/test") and ev_file["epe_ci"][0] <= ev["epe_mean"] <= ev_file["epe_ci"][1]
     assert set(ev["timings_ms"]) >= {"sfe", "ve", "he", "total"}
-    ablation = files["runs/metrics/ablation.json"]["data"]["rows"]
-    assert set(ablation) == {"base", "t3_no_reg"} and all(r["status"] == "FINISHED" for r in ablation.values())
-    assert all(r["epe_mean"] > 0 for r in ablation.values())
+    assert set(files["runs/metrics/ablation.json"]["data"]["rows"]) == ROWS
+    ablation = json.loads((repo / "runs/metrics/ablation.json").read_text())["rows"]
+    assert set(ablation) == ROWS and all(r["status"] == "FINISHED" for r in ablation.values())
+    assert all(r["epe_mean"] > 0 and r["ci"][0] <= r["epe_mean"] <= r["ci"][1] for r in ablation.values())
+    assert ablation["base"]["seeds"] == 2 and ablation["control_mean_pose"]["seeds"] == 1
+    assert ablation["base"]["vs_base"] is None and ablation["t3_no_reg"]["vs_base"]["verdict"] in (
+        "resolved", "within noise")
+    # the trials monitored val (4 images); their final errors are on test (6 images), per seed
+    trials = json.loads((repo / "runs/metrics/ablation.json").read_text())["trials"]
+    assert len(trials) == 6 and all((repo / "runs/ablate/eval" / t / "predictions.npz").is_file() for t in trials)
+    assert ablation["base"]["images"] == 6
     assert files["runs/metrics/gesture_cv.json"]["data"]["datasets"]["synth-gestures"]["folds"] == 2
     cv = json.loads((repo / "runs/metrics/gesture_cv.json").read_text())["datasets"]["synth-gestures"]
     assert len(cv["fold_accuracies"]) == 2 and 0 <= cv["mean"] <= 1 and len(cv["confusion"]) == 12
     # the PCK curve as a DVC plot (x = threshold mm, y = PCK)
     pck = json.loads((repo / "runs/metrics/pck.json").read_text())
     assert len(pck) == 12 and pck[0]["threshold_mm"] == pytest.approx(21.053) and pck[-1]["threshold_mm"] == 50.0
+    assert all(r["lo"] <= r["pck"] + 1e-9 and r["pck"] <= r["hi"] + 1e-9 for r in pck)     # the curve's band
     _run(["dvc", "plots", "show", "-o", "plots"], repo, env)
     html = (repo / "plots" / "index.html").read_text()
     assert "runs_metrics_pck_json" in html and "runs_metrics_train_history_json" in html
@@ -85,7 +100,15 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict]) -> None:
     report = json.loads((repo / "runs/report/report.json").read_text())
     base = next(r for r in report["tables"]["table1"]["rows"] if r["row"] == "base")
     assert base["paper"] == 11.12 and base["ours"] == pytest.approx(ablation["base"]["epe_mean"])
-    assert "Table 6" in (repo / "runs/report/report.md").read_text()
+    assert base["ci"] == pytest.approx(ablation["base"]["ci"])
+    no_reg = next(r for r in report["tables"]["table3"]["rows"] if r["row"] == "t3_no_reg")
+    assert no_reg["vs_base"]["mean"] == pytest.approx(ablation["t3_no_reg"]["vs_base"]["mean"])
+    controls = {r["row"]: r for r in report["controls"]}
+    assert set(controls) == {"evaluate", "base", "control_direct", "control_mean_pose"}
+    assert all(r["ours"] is not None and r["ci"] for r in controls.values())
+    md = (repo / "runs/report/report.md").read_text()
+    assert "Table 6" in md and "## Controls" in md and "control_mean_pose" in md and "vs base" in md
+    assert "within noise" in md or "**resolved**" in md
     # every MLflow run ended; sweeps are parents with one child per trial
     import mlflow
 
@@ -96,7 +119,9 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict]) -> None:
     abl = client.search_runs([by_name["keyhand-ablation"]])
     parents = [r for r in abl if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in abl if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(parents) == 1 and sorted(r.info.run_name for r in children) == ["base", "t3_no_reg"]
+    assert len(parents) == 1 and sorted(r.info.run_name for r in children) == sorted(
+        f"{row}.seed{k}" for row in ("base", "t3_no_reg", "control_direct") for k in (0, 1))
+    assert "control_mean_pose/epe_mean" in parents[0].data.metrics and "base/epe_ci_hi" in parents[0].data.metrics
     evaluate = client.search_runs([by_name["keyhand-evaluate"]])[0]
     assert "epe_mean" in evaluate.data.metrics and len(client.get_metric_history(evaluate.info.run_id, "pck")) == 12
     assert evaluate.data.tags["keyhand.git_commit"] != "unknown"

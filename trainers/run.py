@@ -16,6 +16,11 @@ the pretrained SFE into it (Table 1, last row), and calls :func:`trainers.train.
 opens a run (:func:`trainers.tracking.tracked_run`: experiment, run_name, tags), ``True`` logs into the run
 already active (a sweep trial's child). A continued run logs the epochs it restored too, so the MLflow run
 reads like a fresh one.
+
+Seeds: a run's seed is ``cfg.train.seed`` (initial weights, data order, §4.2 augmentation). The compared
+configurations run ``stats.seeds`` seeds each as ``train.seed + k`` (:meth:`pipeline.params.Params.ablation_config`,
+one Ray trial per row and seed through :func:`fit_stage`); ``data.val`` is the split a stage monitors, the test
+split is read only by :func:`evaluate_checkpoint` (the evaluate stage and the ablation's final errors).
 """
 
 from __future__ import annotations

@@ -158,9 +158,10 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: f
         ray.init(address=address, **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
         if _auth_refused(e):
-            raise SweepError(f"Ray cluster at {address} refused this driver's token (Ray 2.60 token authentication "
-                             "is on by default): copy the head's token (`ray get-auth-token` there) and set "
-                             "RAY_AUTH_TOKEN_PATH=<file> or RAY_AUTH_TOKEN=<token> here") from None
+            raise SweepError(f"Ray cluster at {address} refused this driver's token (the cluster uses Ray's "
+                             "token authentication): copy the head's token (`ray get-auth-token` there) and set "
+                             "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<file> or RAY_AUTH_TOKEN=<token> "
+                             "here") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SweepError(f"Ray cluster at {address} is unreachable ({first}); start one with "
                          "`ray start --head`, or drop --address to use a local Ray") from None

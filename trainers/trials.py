@@ -7,11 +7,13 @@ Each trainable runs in a Ray worker (any node of the cluster: paths in ``config`
 on storage every node sees), opens its MLflow child run (:func:`trainers.sweep.trial_run`), and reports
 every epoch through ``ray.tune.report`` so ASHA can stop a search trial early (grids are never pruned).
 
-* ``ablation_trial``: the row's :class:`~trainers.config.TrainConfig` (``spec["configs"][row]``, built by the
-  driver from params.yaml's ``sweep.base`` + ``sweep.rows[row]``), optionally initialised from the pretrained
-  SFE (Table 1, last row), trained on the pose train split (Eq. 12), evaluated on its test split each epoch:
-  reports ``epe_mean`` (mm), ``auc``, the loss terms. Checkpoints go to ``spec["out"]/<row>``; a retried
-  or resumed trial continues from them.
+* ``ablation_trial``: one (row, seed) of the comparison, label ``<row>.seed<k>``: its
+  :class:`~trainers.config.TrainConfig` (``spec["configs"][label]``, built by the driver from the main
+  configuration + ``sweep.base`` + ``sweep.rows[row]`` with ``train.seed + k``), optionally initialised from
+  the pretrained SFE (Table 1, last row), trained on the pose train split (Eq. 12) and monitored on its VAL
+  split each epoch: reports ``epe_mean`` (mm), ``auc``, the loss terms. Checkpoints go to
+  ``spec["out"]/<label>``; a retried or resumed trial continues from them. The test split is never read
+  here: the driver evaluates the finished checkpoints (:mod:`pipeline.stages.compare`).
 * ``search_trial``: the same on ``spec["base"]`` with the sampled dotted keys (``train.lr`` ...) applied.
 * ``fold_trial``: §4.3.3 — the frozen framework's 3D joints of the gesture set were computed once by the
   driver (``spec["joints"]``); the fold's split (:func:`keyhand.model.gesture.cv_splits`) trains a fresh
@@ -80,11 +82,12 @@ def ablation_trial(config: dict[str, Any]) -> None:
     """One row of Tables 1-4 (module docstring)."""
     from trainers.sweep import trial_run
 
-    spec, row = config["spec"], config["row"]
-    cfg = spec["configs"][row]
-    with trial_run(config, params={"row": row, **cfg}, stage="ablation"):
-        sfe = spec.get("sfe_checkpoint") if spec["pretrained"].get(row) else None
-        train_and_evaluate(cfg, spec["data"], Path(spec["out"]) / row, sfe, [_TuneReport()])
+    spec, label = config["spec"], config["row"]
+    cfg = spec["configs"][label]
+    row, seed_index = (spec.get("rows") or {}).get(label, (label, 0))   # "<row>.seed<k>" (stats.seeds)
+    with trial_run(config, params={"row": row, "seed_index": seed_index, **cfg}, stage="ablation"):
+        sfe = spec.get("sfe_checkpoint") if spec["pretrained"].get(label) else None
+        train_and_evaluate(cfg, spec["data"], Path(spec["out"]) / label, sfe, [_TuneReport()])
 
 
 def search_trial(config: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ runs = ui.runs_or_stop(proj)
 evals = runs[(runs["experiment"] == proj.experiment("evaluate"))] if not runs.empty else runs
 
 curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+bands: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 aucs: dict[str, float] = {}
 beyond: dict[str, dict[str, float]] = {}     # label -> the metrics beyond the paper
 if len(evals):
@@ -37,6 +38,9 @@ else:
         st.info("No evaluation run in MLflow: showing runs/metrics/pck.json of the evaluate stage.")
         curves["evaluate (pck.json)"] = (np.array([r["threshold_mm"] for r in file_curve]),
                                          np.array([r["pck"] for r in file_curve]))
+        if all("lo" in r and "hi" in r for r in file_curve):
+            bands["evaluate (pck.json)"] = (np.array([r["lo"] for r in file_curve]),
+                                            np.array([r["hi"] for r in file_curve]))
         ev = data.read_json(proj.runs_dir / "metrics" / "evaluate.json") or {}
         if ev.get("auc") is not None:
             aucs["evaluate (pck.json)"] = float(ev["auc"])
@@ -45,9 +49,22 @@ else:
         ui.no_runs(proj, "evaluation runs")
 
 if curves:
-    st.plotly_chart(figures.pck_figure(curves, aucs), width="stretch", key="pck_chart")
+    st.plotly_chart(figures.pck_figure(curves, aucs, bands), width="stretch", key="pck_chart")
     st.caption("Fraction of joints whose root-relative 3D error is below the threshold (the lmb-freiburg/hand3d "
                "protocol the paper's Table 5 uses); AUC over 20-50 mm.")
+
+report = data.read_json(proj.runs_dir / "report" / "report.json") or {}
+row_bands = report.get("pck_bands") or {}
+if row_bands:
+    st.subheader("PCK of the compared rows and controls, with their intervals")
+    picked_rows = st.multiselect("Rows", list(row_bands), default=[r for r in row_bands if r == "base"
+                                                                   or r.startswith("control")], key="pck_rows")
+    rc = {r: (np.array(row_bands[r]["thresholds_mm"]), np.array(row_bands[r]["pck"])) for r in picked_rows}
+    rb = {r: (np.array(row_bands[r]["lo"]), np.array(row_bands[r]["hi"])) for r in picked_rows}
+    if rc:
+        st.plotly_chart(figures.pck_figure(rc, None, rb), width="stretch", key="pck_rows_chart")
+        st.caption("Shaded: the 95 % interval of each curve (bootstrap over test images and seeds, keyhand.stats); "
+                   "runs/report/report.json.")
 
 if beyond:
     st.subheader("Beyond the paper")

@@ -21,8 +21,11 @@ if report is None:
 
     report = build_report({}, {}, {})  # the paper's numbers with every "ours" empty
 
-st.caption("Green: ours better than the paper (lower EPE, higher AUC / accuracy); red: worse. "
-           "Ours − paper in the table's unit. " + (
+st.caption("Ours: mean over test images and seeds with its 95 % interval (bootstrap over both). Coloured only "
+           "when resolved: ours − paper green / red when the paper's value lies outside our interval; vs base "
+           "(the paired difference to the base row = the main configuration at the same budget) when its "
+           "interval excludes 0. Everything else is within noise. The test split is read only by the "
+           "evaluation and the report (training and the search read val). " + (
                "Data source **synthetic**: a pipeline check, not a reproduction."
                if report.get("data_source") == "synthetic" else f"Data source: {report.get('data_source')}."))
 ev = report.get("evaluation") or {}
@@ -30,6 +33,15 @@ if ev:
     st.write(f"Evaluation: EPE **{ev.get('epe_mean', float('nan')):.2f} mm** (median "
              f"{ev.get('epe_median', float('nan')):.2f}), AUC 20-50 mm **{ev.get('auc', float('nan')):.3f}**, "
              f"{ev.get('count', 0)} samples.")
+
+controls = report.get("controls") or []
+if any(c.get("ours") is not None for c in controls):
+    st.subheader("Controls: does the framework beat trivial baselines?")
+    cframe = figures.controls_frame(controls)
+    st.dataframe(figures.style_comparison(cframe, True), hide_index=True, width="stretch", key="df_controls")
+    stats = report.get("statistics") or {}
+    st.caption(f"{stats.get('seeds') or '—'} seed(s) per row at {stats.get('epochs') or '—'} epochs (the main run: "
+               f"{stats.get('main_epochs') or '—'} epochs, one seed, interval over test images only).")
 
 tables = report.get("tables", {})
 show_plots = st.toggle("Bar charts", value=True, help="paper vs ours per row")

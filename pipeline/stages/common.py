@@ -18,6 +18,12 @@ RUNS = Path("runs")
 
 METRICS = RUNS / "metrics"
 
+#: The pose role's splits: ``train`` fits, ``val`` monitors every epoch and is what the Optuna search and any
+#: model selection read, ``test`` is read only by evaluation (the evaluate stage, the ablation's final
+#: per-image errors) and the report. Synthetic sets generate the three; a real set's val is a deterministic
+#: held-out share of its train split (``data.val_fraction``, :func:`pipeline.stages.data.held_out`).
+POSE_SPLITS = ("train", "val", "test")
+
 class StageError(RuntimeError):
     """A stage cannot run: one line saying why and what to do."""
 
@@ -38,7 +44,7 @@ def role_datasets(p: Params, role: str) -> dict[str, list[str]]:
     name = p.pose_datasets()[role]
     if role == "pretrain":
         return {name: ["train"]}
-    return {name: ["train", "test"]}
+    return {name: list(POSE_SPLITS)}
 
 def prepared_dir(role: str, dataset: str, split: str) -> Path:
     return DATA / "prepared" / role / dataset / split

@@ -20,7 +20,10 @@ def stage_report(p: Params) -> None:
     ablation = _read_json(METRICS / "ablation.json") if (METRICS / "ablation.json").is_file() else {}
     gesture = _read_json(METRICS / "gesture_cv.json") if (METRICS / "gesture_cv.json").is_file() else {}
     datasets = {role: ", ".join(role_datasets(p, role)) for role in ROLES}
+    train = _read_json(METRICS / "train.json") if (METRICS / "train.json").is_file() else {}
+    evaluation = {**evaluation, "epochs": train.get("epochs")}
     report = build_report(evaluation, ablation.get("rows", ablation), gesture.get("datasets", gesture),
-                          evaluation.get("timings_ms"), data_source=p.data.source, datasets=datasets)
+                          evaluation.get("timings_ms"), data_source=p.data.source, datasets=datasets,
+                          comparison={k: v for k, v in ablation.items() if k not in ("rows", "trials")})
     js, md = write_report(report, RUNS / "report")
     print(f"report: wrote {md} and {js}")

@@ -37,13 +37,22 @@ def _sfe_checkpoint() -> Path | None:
 
 
 def stage_data(p: Params, role: str, with_val: bool = True):
-    """The :class:`trainers.run.StageData` of ``role``: its first split trains, the second (if any) validates."""
+    """The :class:`trainers.run.StageData` of ``role``: its first split trains, ``val`` (if any) validates.
+    The test split is never part of it (:func:`test_split`)."""
     from trainers.run import StageData
 
     (name, splits), = role_datasets(p, role).items()
-    val = splits[1] if with_val and len(splits) > 1 else None
+    val = "val" if with_val and "val" in splits else None
     masks = role != "gesture"
     return StageData(train=prepared_dir(role, name, splits[0]),
                      val=None if val is None else prepared_dir(role, name, val),
                      masks_train=masks_dir(role, name, splits[0]) if masks else None,
                      masks_val=masks_dir(role, name, val) if masks and val else None)
+
+
+def test_split(p: Params, role: str = "pose") -> tuple[Path, Path]:
+    """(prepared test split, its masks) of ``role``: what evaluation, and nothing else, reads."""
+    (name, splits), = role_datasets(p, role).items()
+    if "test" not in splits:
+        raise StageError(f"data role {role} has no test split")
+    return prepared_dir(role, name, "test"), masks_dir(role, name, "test")

@@ -48,7 +48,11 @@ def _pose_data(p: Params) -> dict[str, str | None]:
 
 
 def stage_ablate(p: Params, resume: bool = True) -> None:
-    """The Tables 1-4 grid (``sweep.rows``) through Ray Tune: one trial per row, EPE and AUC per row."""
+    """The Tables 1-4 grid and the controls (``sweep.rows``) through Ray Tune: one trial per row and seed
+    (``stats.seeds``), monitored on val; then every trial's test errors and the statistics
+    (:mod:`pipeline.stages.compare`)."""
+    from pipeline.stages.compare import summarise, trial_labels
+    from pipeline.stages.runs import test_split
     from trainers.sweep import ablation_space, run_sweep
     from trainers.trials import ablation_trial
 
@@ -56,30 +60,28 @@ def stage_ablate(p: Params, resume: bool = True) -> None:
     rows = dict(p.sweep.rows)
     if not rows:
         raise StageError("params.yaml: sweep.rows is empty: name at least one ablation row")
+    labels = trial_labels(p)   # "<row>.seed<k>": one trial per row and seed
     configs, pretrained = {}, {}
-    for row in rows:
-        cfg, pre = p.ablation_config(row)
-        configs[row], pretrained[row] = cfg.model_dump(), pre
+    for label, (row, k) in labels.items():
+        cfg, pre = p.ablation_config(row, k)
+        configs[label], pretrained[label] = cfg.model_dump(), pre
     sfe = _sfe_checkpoint()
     if any(pretrained.values()) and sfe is None:
         raise StageError(f"{RUNS / 'pretrain_sfe'} holds no checkpoint: run the pretrain_sfe stage first")
     out = (RUNS / "ablate").resolve()
     spec = {"configs": configs, "pretrained": pretrained, "data": _pose_data(p),
+            "rows": {label: list(v) for label, v in labels.items()},
             "sfe_checkpoint": None if sfe is None else str(sfe.resolve()), "out": str(out / "trials")}
     name = f"ablation-{_content_hash({**spec, 'content': _data_content(p)}, [sfe] if sfe else [])}"
-    result = run_sweep(name, ablation_trial, {**ablation_space(rows), "spec": spec}, kind="grid",
+    result = run_sweep(name, ablation_trial, {**ablation_space(configs), "spec": spec}, kind="grid",
                        metric="epe_mean", mode="min", out_dir=out, experiment=_experiment(p, "ablation"),
-                       parent_run_name="ablation", parent_params=p.sweep.base, resume=resume,
-                       **common)
-    table = {}
-    for r in result.rows:
-        m = r.get("metrics") or {}
-        table[r["label"]] = {"status": r["status"], "epe_mean": m.get("epe_mean"), "auc": m.get("auc"),
-                             "epochs": m.get("epoch"), "error": r.get("error")}
-    failed = [k for k, v in table.items() if v["status"] != "FINISHED"]
-    _write_json(METRICS / "ablation.json", {"rows": table, "failed": failed,
-                                             "best": (result.best or {}).get("label")})
-    print(f"ablate: {len(table) - len(failed)}/{len(table)} rows finished" + (f"; failed: {failed}" if failed else ""))
+                       parent_run_name="ablation", parent_params={"base": p.sweep.base, "seeds": p.stats.seeds},
+                       resume=resume, **common)
+    summary = summarise(p, result, labels, out / "trials", out, stage_data(p, "pose"), test_split(p, "pose"))
+    _write_json(METRICS / "ablation.json", summary)
+    failed = summary["failed"]
+    print(f"ablate: {len(summary['rows']) - len(failed)}/{len(summary['rows'])} rows finished ({p.stats.seeds} "
+          "seeds each)" + (f"; failed: {failed}" if failed else ""))
 
 def stage_search(p: Params, resume: bool = True) -> None:
     """Optuna + ASHA over ``sweep.search.space`` (lr, weight decay, loss weights) on the full configuration."""
