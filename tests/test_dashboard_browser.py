@@ -152,7 +152,8 @@ def test_every_page_in_chromium(server: dict, tmp_path: Path) -> None:
                     assert page.locator("[data-testid='stDataFrame']").count() >= 1
                 elif title == "Tables":
                     assert body.get_by_text("Table 1: Semantic feature extractor ablation study").first.is_visible()
-                    assert page.locator("[data-testid='stDataFrame']").count() == 7   # tables 1-6 + timings
+                    assert body.get_by_text("Controls: does the framework beat trivial baselines?").is_visible()
+                    assert page.locator("[data-testid='stDataFrame']").count() == 8   # controls, tables 1-6, timings
                     types = _trace_types(page)
                     assert len(types) == 4 and all(t == ["bar", "bar"] for t in types)
                     ticks = page.locator(".js-plotly-plot").first.locator(".xtick text").all_text_contents()
