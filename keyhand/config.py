@@ -21,7 +21,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["ConfigError", "SectionError", "Section", "load_yaml", "merge", "apply_overrides", "format_validation_error"]
+__all__ = ["ConfigError", "SectionError", "Section", "load_yaml", "merge", "apply_overrides", "format_validation_error",
+           "not_bool"]
+
+
+def not_bool(v: Any) -> Any:
+    """A pydantic before-validator: a YAML true/false is not a number."""
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number, got {v!r}")
+    return v
 
 
 class ConfigError(ValueError):

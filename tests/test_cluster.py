@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from procs import free_port, procs, session_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -57,37 +58,10 @@ FIGURES: dict[str, dict] = {}
 # ------------------------------------------------------------------------------------------ processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _procs() -> dict[int, tuple[int, str]]:
-    """pid -> (session id, command line) of every live process we can read."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            out[int(entry)] = (int(fields[3]), cmd)
-    return out
-
-
-def _session_pids(sid: int, marker: str) -> set[int]:
-    return {pid for pid, (s, cmd) in _procs().items() if s == sid or marker in cmd}
-
-
 def _stop_sessions(nodes: list[tuple[int, str]]) -> None:
     """Stop exactly these nodes: the processes of their sessions or naming their temp dirs (TERM, then KILL)."""
     def alive() -> set[int]:
-        return set().union(*(_session_pids(sid, marker) for sid, marker in nodes)) if nodes else set()
+        return set().union(*(session_pids(sid, marker) for sid, marker in nodes)) if nodes else set()
 
     for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
         for pid in alive():
@@ -134,7 +108,7 @@ def _start_nodes(root: Path, env: dict, specs: list[tuple[str, list[str], Path |
     for name, args, hide in specs:
         temp_dir = str(root / name)
         cmd = [RAY, "start", "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir,
-               "--object-store-memory", str(80 * 2**20), "--dashboard-agent-listen-port", str(_free_port()),
+               "--object-store-memory", str(80 * 2**20), "--dashboard-agent-listen-port", str(free_port()),
                "--include-log-monitor", "false", "--disable-usage-stats", *args]
         if hide is not None:  # this node's own view: an empty tmpfs over `hide`
             cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -145,7 +119,7 @@ def _start_nodes(root: Path, env: dict, specs: list[tuple[str, list[str], Path |
     for name, temp_dir, proc in procs:
         output, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, f"ray start {name} failed:\n{output[-3000:]}"
-        raylets = [(pid, sid, line) for pid, (sid, line) in _procs().items()
+        raylets = [(pid, sid, line) for pid, (sid, line) in procs().items()
                    if temp_dir in line and "raylet/raylet" in line]
         assert len(raylets) == 1, f"{name}: expected one raylet, found {len(raylets)}"
         pid, sid, line = raylets[0]
@@ -169,7 +143,7 @@ def cluster(keyhand_cache: Path):
     if hidden is not None:
         hidden.mkdir()
     nodes: list[RayNode] = []
-    port = _free_port()
+    port = free_port()
     try:
         nodes += _start_nodes(root, env, [("h", ["--head", "--port", str(port), "--num-cpus", "0", "--num-gpus", "0",
                                                  "--include-dashboard", "false"], None)])
@@ -179,7 +153,7 @@ def cluster(keyhand_cache: Path):
     finally:
         _stop_sessions([(n.sid, n.temp_dir) for n in nodes] + [(-1, f"{root}/")])  # also a half-started node
         for node in nodes:
-            assert not _session_pids(node.sid, node.temp_dir), f"node {node.name} left processes behind"
+            assert not session_pids(node.sid, node.temp_dir), f"node {node.name} left processes behind"
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -222,7 +196,7 @@ def mlflow_server(cluster: Cluster):
     """An `mlflow server --workers 1` on 127.0.0.1 (the drills restart it), SQLite store in the cluster's folder."""
     from trainers.cluster import TrackingServer
 
-    server = TrackingServer(f"127.0.0.1:{_free_port()}", f"sqlite:///{cluster.root}/mlflow/mlflow.db",
+    server = TrackingServer(f"127.0.0.1:{free_port()}", f"sqlite:///{cluster.root}/mlflow/mlflow.db",
                             log_path=cluster.root / "mlflow.log")
     server.start()
     try:
@@ -411,7 +385,7 @@ def test_multi_node_sweep_spreads_packs_and_records_placement(cluster: Cluster, 
     from trainers.cluster import reachable_ip
 
     project = _project(template, cluster.root / "spread")
-    host, port = reachable_ip(), _free_port()  # the address Ray advertises for the nodes (not loopback)
+    host, port = reachable_ip(), free_port()  # the address Ray advertises for the nodes (not loopback)
     t0 = time.monotonic()
     proc, out = _sweep(cluster, project, "--tracking-server", f"{host}:{port}", "--progress-every", "5")
     text = _finish(proc, out)
@@ -420,7 +394,7 @@ def test_multi_node_sweep_spreads_packs_and_records_placement(cluster: Cluster, 
     url = f"http://{host}:{port}"
     assert f"tracking server: {url} (pid" in text and f"tracking server {url} stopped" in text
     server_pid = int(re.search(r"tracking server: \S+ \(pid (\d+)", text).group(1))
-    assert server_pid not in _procs(), "the sweep left its mlflow server running"
+    assert server_pid not in procs(), "the sweep left its mlflow server running"
     with socket.socket() as s:
         assert s.connect_ex((host, port)) != 0, "the tracking server's port still answers"
     assert "probe: 2 node(s) see the storage, data, MANO file and tracking server" in text

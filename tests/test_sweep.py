@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+from procs import free_port, procs, session_pids
 from ray import cloudpickle, tune
 
 from trainers import sweep as S
@@ -254,45 +254,18 @@ def test_search_sweep_optuna_asha(local_ray, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ a real Ray head
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _procs() -> dict[int, tuple[int, str]]:
-    """pid -> (session id, command line) for every process we can read."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            out[int(entry)] = (int(fields[3]), cmd)
-    return out
-
-
-def _head_pids(sid: int, temp_dir: str) -> set[int]:
-    return {pid for pid, (s, cmd) in _procs().items() if s == sid or temp_dir in cmd}
-
-
 def _stop_head(sid: int, temp_dir: str) -> None:
     """Stop only this head: the processes of its session or naming its temp dir (TERM, then KILL)."""
     for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        for pid in _head_pids(sid, temp_dir):
+        for pid in session_pids(sid, temp_dir):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait
-        while _head_pids(sid, temp_dir) and time.monotonic() < deadline:
+        while session_pids(sid, temp_dir) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not _head_pids(sid, temp_dir):
+        if not session_pids(sid, temp_dir):
             return
 
 
@@ -301,7 +274,7 @@ def ray_head():
     """A Ray head on 127.0.0.1:<free port> with 2 CPUs, its own session and temp dir; stopped (only it) after."""
     if ray.is_initialized():
         ray.shutdown()
-    port = _free_port()
+    port = free_port()
     temp_dir = f"/tmp/rk-{uuid.uuid4().hex[:8]}"  # short: Ray's unix socket paths must stay < 108 bytes
     ray_bin = str(Path(sys.executable).with_name("ray"))
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
@@ -310,10 +283,10 @@ def ray_head():
                            "--temp-dir", temp_dir, "--disable-usage-stats"],
                           capture_output=True, text=True, env=env, timeout=120, start_new_session=True)
     # `ray start` exits after starting the daemons; its pid was the session id they all inherited
-    procs = {pid for pid, (_, cmd) in _procs().items() if temp_dir in cmd}
+    started = {pid for pid, (_, cmd) in procs().items() if temp_dir in cmd}
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert procs, "ray start left no process naming its temp dir"
-    sid = _procs()[min(procs)][0]
+    assert started, "ray start left no process naming its temp dir"
+    sid = procs()[min(started)][0]
     try:
         yield {"address": f"127.0.0.1:{port}", "sid": sid, "temp_dir": temp_dir}
     finally:
@@ -328,7 +301,7 @@ def test_grid_sweep_on_a_ray_head_started_here(ray_head, tmp_path: Path) -> None
     sentinel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "ray-sentinel"],
                                 start_new_session=True)
     try:
-        assert sentinel.pid not in _head_pids(ray_head["sid"], ray_head["temp_dir"])
+        assert sentinel.pid not in session_pids(ray_head["sid"], ray_head["temp_dir"])
         resources = S.connect(ray_head["address"])
         assert resources["CPU"] == 2 and resources.get("GPU", 0) == 0
         uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -350,10 +323,10 @@ def test_grid_sweep_on_a_ray_head_started_here(ray_head, tmp_path: Path) -> None
         assert saved["parent_run_id"] == res.parent_run_id and len(saved["trials"]) == 2
         assert len((res.out_dir / "results.csv").read_text().splitlines()) == 3
         ray.shutdown()
-        head = _head_pids(ray_head["sid"], ray_head["temp_dir"])
+        head = session_pids(ray_head["sid"], ray_head["temp_dir"])
         assert head
         _stop_head(ray_head["sid"], ray_head["temp_dir"])
-        assert not _head_pids(ray_head["sid"], ray_head["temp_dir"])
+        assert not session_pids(ray_head["sid"], ray_head["temp_dir"])
         assert sentinel.poll() is None, "stopping the test's head killed another process"
     finally:
         sentinel.kill()

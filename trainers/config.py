@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, create_model, model_validator
 
-from keyhand.config import ConfigError, Section, apply_overrides, format_validation_error, load_yaml, merge
+from keyhand.config import ConfigError, Section, apply_overrides, format_validation_error, load_yaml, merge, not_bool
 from keyhand.losses import LossWeights
 from keyhand.model.config import ModelConfig
 
@@ -51,13 +51,7 @@ STAGES = ("sfe", "train", "gesture")
 _Section = Section
 
 
-def _not_bool(v: Any) -> Any:
-    if isinstance(v, bool):
-        raise ValueError(f"must be a number, got {v!r}")
-    return v
-
-
-_Weight = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, allow_inf_nan=False)]
+_Weight = Annotated[float, BeforeValidator(not_bool), Field(ge=0, allow_inf_nan=False)]
 
 
 class _LossBase(Section):

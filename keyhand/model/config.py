@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, StrictBool, StrictInt, ValidationError, ValidationInfo, field_validator
 
-from keyhand.config import Section, SectionError
+from keyhand.config import Section, SectionError, not_bool
 
 __all__ = ["ModelConfig", "PositiveFloat", "VE_DENSE"]
 
@@ -21,14 +21,8 @@ __all__ = ["ModelConfig", "PositiveFloat", "VE_DENSE"]
 VE_DENSE = ("VE1", "VE2", "VE3")
 
 
-def _not_bool(v: Any) -> Any:
-    if isinstance(v, bool):
-        raise ValueError(f"must be a number, got {v!r}")
-    return v
-
-
 #: A finite number > 0 (a YAML true/false is not a number).
-PositiveFloat = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, BeforeValidator(not_bool), Field(gt=0, allow_inf_nan=False)]
 
 
 class ModelConfig(Section):
