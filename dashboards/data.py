@@ -307,6 +307,9 @@ def mesh_from_prediction(model, pred: dict[str, np.ndarray], k: int) -> dict[str
 
     from keyhand.model.ve import ViewParams
 
+    if "theta" not in pred:
+        raise ProjectError("predictions.npz has no HE parameters: the run is the direct-regression control "
+                           "(model.estimator: direct), which predicts joints, not a mesh")
     theta = np.asarray(pred["theta"][k], np.float32)
     pca = int(model.cfg.pca_comps)
     if theta.shape[-1] != pca:

@@ -104,7 +104,7 @@ def _can_unshare() -> bool:
 
 def _start_nodes(root: Path, env: dict, specs: list[tuple[str, list[str], Path | None]]) -> list[RayNode]:
     """`ray start` each (name, args, folder to hide) at once; the nodes, once every `ray start` returned."""
-    procs = []
+    starts = []
     for name, args, hide in specs:
         temp_dir = str(root / name)
         cmd = [RAY, "start", "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir,
@@ -113,10 +113,10 @@ def _start_nodes(root: Path, env: dict, specs: list[tuple[str, list[str], Path |
         if hide is not None:  # this node's own view: an empty tmpfs over `hide`
             cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                    'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hide), *cmd]
-        procs.append((name, temp_dir, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        starts.append((name, temp_dir, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                        text=True, env=env, start_new_session=True)))
     nodes = []
-    for name, temp_dir, proc in procs:
+    for name, temp_dir, proc in starts:
         output, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, f"ray start {name} failed:\n{output[-3000:]}"
         raylets = [(pid, sid, line) for pid, (sid, line) in procs().items()

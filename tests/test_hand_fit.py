@@ -94,3 +94,26 @@ def test_full_framework_overfits_32_images(tmp_path: Path) -> None:
     fit_stage(cfg, "train", StageData(train=prep, masks_train=masks), tmp_path / "run", progress=False)
     epe = evaluate_checkpoint(tmp_path / "run", prep).metrics["epe_mean"]
     assert epe <= OVERFIT_EPE_MM, f"training EPE {epe:.2f} mm after {OVERFIT_EPOCHS} epochs"
+
+
+def test_direct_control_trains_and_evaluates_without_a_mesh(tmp_path: Path) -> None:
+    """The direct-regression control goes through the one path (fit_stage, evaluate_checkpoint): joints and
+    EPE, no Fig. 6 panels (it has no mesh), and a one-line refusal where a mesh is required."""
+    from keyhand.data.prepare import open_reader, prepare_split
+    from trainers.config import TrainConfig
+    from trainers.predict import PredictError, load_model, split_panels
+    from trainers.run import StageData, evaluate_checkpoint, fit_stage
+
+    root = generate("synth-stb", tmp_path / "synth", {"train": 6}, seed=1, image_size=(96, 96))
+    prep = tmp_path / "prep"
+    prepare_split(open_reader("synth-stb", root, "train"), prep, image_size=64, enlarge=0.2,
+                  params={"dataset": "synth-stb", "split": "train"})
+    cfg = TrainConfig().with_overrides({"model.image_size": 64, "model.estimator": "direct", "loss.joints_2d": 0,
+                                        "loss.mask": 0, "loss.reg": 0, "train.epochs": 1, "train.batch_size": 3,
+                                        "train.augment": False})
+    fit_stage(cfg, "train", StageData(train=prep), tmp_path / "run", progress=False)
+    ev = evaluate_checkpoint(tmp_path / "run", prep, out=tmp_path / "eval", panels=2)
+    assert np.isfinite(ev.metrics["epe_mean"]) and ev.panels == [] and "theta" not in ev.predictions
+    model, _ = load_model(tmp_path / "run", "cpu")
+    with pytest.raises(PredictError, match="direct-regression control"):
+        split_panels(model, ev.dataset, [0], tmp_path / "panels")

@@ -77,6 +77,13 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device | None 
     return model.to(resolve_device(device)).eval(), model_cfg
 
 
+def _needs_mesh(model: nn.Module, what: str) -> None:
+    """One line instead of a crash: the direct-regression control predicts joints, no HE parameters or mesh."""
+    if getattr(model.cfg, "estimator", "mano") != "mano":
+        raise PredictError(f"{what} needs the hand estimator's mesh, but this checkpoint is the direct-regression "
+                           "control (model.estimator: direct): evaluate it with keyhand evaluate")
+
+
 def prepare_image(path: str | os.PathLike, image_size: int, box: Sequence[float] | None = None,
                   enlarge: float = 0.2) -> tuple[np.ndarray, np.ndarray, CropBox, np.ndarray]:
     """Read an image and crop it (module docstring).
@@ -248,6 +255,7 @@ def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], out_di
     Returns, per image, the JSON record (with ``times_ms``: ``sfe``, ``ve``, ``he``, ``total``) plus the
     ``files`` written.
     """
+    _needs_mesh(model, "predict")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
@@ -296,6 +304,7 @@ def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], out_di
 @torch.no_grad()
 def split_panels(model: nn.Module, dataset, indices: Sequence[int], out_dir: str | os.PathLike) -> list[Path]:
     """Fig. 6 panels of prepared-split samples (their stored §3.1 crops): ``<out_dir>/<index>_panel.png``."""
+    _needs_mesh(model, "Fig. 6 panels")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device

@@ -183,6 +183,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, split: str | os.PathLike,
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         save_predictions(out / "predictions.npz", predictions)
-        picks = pick_panels(predictions.get("epe"), panels, len(ds))
+        has_mesh = getattr(model_cfg, "estimator", "mano") == "mano"   # the direct control: joints only
+        picks = pick_panels(predictions.get("epe"), panels, len(ds)) if has_mesh else []
         written = split_panels(model, ds, picks, out / "panels") if picks else []
     return EvalResult(metrics, predictions, written, model, ds, ckpt)
