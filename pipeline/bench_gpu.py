@@ -74,6 +74,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from keyhand.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 JSON_NAME, MD_NAME = "gpu_check.json", "gpu_check.md"
 README_BEGIN, README_END = "<!-- gpu-figures:begin -->", "<!-- gpu-figures:end -->"
@@ -1108,8 +1110,8 @@ class GpuCheck:
 
     def write(self) -> None:
         res = self.results()
-        _atomic_write(self.out / JSON_NAME, json.dumps(res, indent=1, default=str))
-        _atomic_write(self.out / MD_NAME, markdown(res))
+        atomic_write_text(self.out / JSON_NAME, json.dumps(res, indent=1, default=str))
+        atomic_write_text(self.out / MD_NAME, markdown(res))
 
     def summary(self) -> str:
         return summary(self.results(), self.out)
@@ -1117,12 +1119,6 @@ class GpuCheck:
 
 class _BudgetSpent(Exception):
     """Raised from the step callback to stop fit() when the train_steps budget is spent."""
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _header(res: dict) -> str:
@@ -1267,7 +1263,7 @@ def update_readme(readme: str | os.PathLike, res: dict, allow_cpu: bool = False)
     if i < 0 or j < i:
         raise ValueError(f"{path}: no '{README_BEGIN}' ... '{README_END}' block to fill")
     new = text[:i + len(README_BEGIN)] + "\n" + readme_block(res) + "\n" + text[j:]
-    _atomic_write(path, new)
+    atomic_write_text(path, new)
     return path
 
 

@@ -66,6 +66,7 @@ from typing import Any
 
 from ray.tune import Callback as TuneCallback
 
+from keyhand.atomic import atomic_write_text
 from keyhand.config import apply_overrides  # the one dotted-override helper (re-exported)
 from trainers import tracking
 
@@ -537,16 +538,10 @@ def _best(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] 
     return pick(ok, key=lambda r: r["metrics"][metric])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_results(res: SweepResult) -> tuple[Path, Path]:
     res.out_dir.mkdir(parents=True, exist_ok=True)
     jpath, cpath = res.out_dir / "results.json", res.out_dir / "results.csv"
-    _write_atomic(jpath, json.dumps(res.to_json(), indent=2, default=str) + "\n")
+    atomic_write_text(jpath, json.dumps(res.to_json(), indent=2, default=str) + "\n")
     cfg_keys = sorted({k for r in res.rows for k in r["config"]})
     met_keys = sorted({k for r in res.rows for k in r["metrics"]})
     buf = io.StringIO()
@@ -558,7 +553,7 @@ def _write_results(res: SweepResult) -> tuple[Path, Path]:
                    + [r.get(c, "") for c in _PLACE_COLS]
                    + [r["config"].get(k, "") for k in cfg_keys]
                    + ["" if r["metrics"].get(k) is None else r["metrics"][k] for k in met_keys])
-    _write_atomic(cpath, buf.getvalue())
+    atomic_write_text(cpath, buf.getvalue())
     return jpath, cpath
 
 
