@@ -39,12 +39,17 @@ and L_Reg (0.001). The measurements and the before/after fits are in docs/hand_e
 * joints_2d L_2D (Eq. 16): L1 norm |Δu| + |Δv| of re-projected minus annotated 2D joints in **crop
   fractions** (crop px / image_size: 1 = the crop side; NDC would be twice that), mean over the visible
   joints (visibility · has_joints_2d). Init: 0.28–0.35.
+  Default weight 0.1: an L1 term's gradient does not shrink as the fit improves while L_3D's (squared) does;
+  at weight 1, once a network fits 32 hands to ~5 mm, L_2D's gradient on R, θ, β is 5.9× L_3D's (cosine
+  0.42: it pulls towards the weak-perspective reading of perspective images) and floors the 3D fit. At 0.1
+  it is ~0.6× L_3D's at the end and the fit reaches ~4 mm instead of ~5.5 (docs/hand_estimator_fit.md).
 * mask L_M (Eq. 17): squared difference between the rendered silhouette (B, R, R) ∈ [0, 1] and the GrabCut
   mask resized to R = render_size, mean over pixels, then over samples with has_mask. Init: 0.24.
-  Default weight 0.01: at weight 1 its (NMR-rule) gradient on R, θ, β is as large as L_3D's or larger, and
+  Default weight 0.001: at weight 1 its (NMR-rule) gradient on R, θ, β is as large as L_3D's or larger, and
   unrelated to it (cosine ≈ 0, −0.4 at the start): a silhouette constrains the 2D outline, not the 3D pose,
   and even the ground-truth parameters score 0.04 against a GrabCut mask (IoU 0.83). At 0.01 it is ~1/10
-  of L_3D's gradient and aligned with it once the fit is close (cosine +0.25).
+  of L_3D's gradient early but as large as L_3D's once the fit is close (0.96×: L_3D's gradient shrinks with
+  the error, L_M's does not, its minimum not being the ground truth); at 0.001 it stays ~1/10 to the end.
 * reg L_Reg (Eq. 18): ‖β‖² + ‖θ‖² summed over the 10 + P components, mean over the batch (every sample).
   Default weight 0.001: its job (the paper's intent) is to keep pose and shape plausible, not to shrink
   them: the synthetic hands have ‖β‖² + ‖θ‖² ≈ 12, and 0.01 (the former default) pulled ‖β‖ from 3.1 to
@@ -112,8 +117,8 @@ class LossWeights:
     heatmap: float = 1.0
     silhouette: float = 1.0
     joints_3d: float = 1.0
-    joints_2d: float = 1.0
-    mask: float = 0.01
+    joints_2d: float = 0.1
+    mask: float = 0.001
     reg: float = 0.001
 
     def __post_init__(self) -> None:

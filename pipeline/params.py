@@ -205,8 +205,9 @@ PARAMS_PROFILES: dict[str, dict[str, Any]] = {
                                "stb": {"train": 288, "val": 32, "test": 48}, "gestures": {"all": 192},
                                "subjects": 4}},
         "cv": {"folds": 10},
-        # every compared row: 3 seeds at 2 epochs (main run: train.epochs); see README "Statistics"
-        "sweep": {"base": ABLATION_BASE, "rows": DEFAULT_ROWS, "epochs": 2},
+        # every compared row: 3 seeds at the main run's budget (train.epochs; base.seed0 IS the main run, not
+        # trained twice); see README "Statistics"
+        "sweep": {"base": ABLATION_BASE, "rows": DEFAULT_ROWS, "epochs": None},
         "stats": {"seeds": 3},
     },
     "paper": {

@@ -297,6 +297,22 @@ def test_rotation_representations_agree():
     assert tuple(out.rot.shape) == (B, 6) and torch.allclose(rotation_matrix(out.rot), torch.eye(3), atol=0.05)
 
 
+def test_head_output_scaling():
+    """head_gain multiplies θ and β (same raw head), rot6d_norm sets the norm of the 6D identity bias's two columns; the first
+    prediction is still the identity rotation and the mean hand; a non-positive value is refused in one line."""
+    from keyhand.config import SectionError
+    from keyhand.geometry.mano import rotation_matrix
+
+    plain, scaled = build(rot_repr="6d"), build(rot_repr="6d", head_gain=3.0, rot6d_norm=0.1)
+    a, b = plain(image()), scaled(image())
+    assert torch.allclose(b.theta, 3.0 * a.theta, atol=1e-6) and torch.allclose(b.beta, 3.0 * a.beta, atol=1e-6)
+    assert torch.allclose(scaled.ve.head.bias[3:9].view(2, 3).norm(dim=1), torch.tensor([0.1, 0.1]))
+    assert torch.allclose(rotation_matrix(b.rot), torch.eye(3), atol=0.1)      # still starts at the identity
+    assert (b.joints_3d - plain.he.rest_joints()).norm(dim=-1).max() < 10.0    # and at the mean hand (mm)
+    with pytest.raises(SectionError, match="model.head_gain"):
+        tiny(head_gain=0.0)
+
+
 def test_direct_regression_control():
     """estimator="direct": same SFE/VE, a 63-output head starting at the mean hand; joints only; trains."""
     from keyhand.losses import LossWeights, multitask_loss

@@ -86,6 +86,10 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict]) -> None:
     trials = json.loads((repo / "runs/metrics/ablation.json").read_text())["trials"]
     assert len(trials) == 6 and all((repo / "runs/ablate/eval" / t / "predictions.npz").is_file() for t in trials)
     assert ablation["base"]["images"] == 6
+    # base.seed0 is the main configuration at the main budget: it continues the train stage's run (0 epochs
+    # left) instead of training it twice, and scores what the evaluate stage scored with those weights
+    assert trials["base.seed0"]["test_epe_mean"] == pytest.approx(ev["epe_mean"], rel=1e-6)
+    assert trials["base.seed1"]["test_epe_mean"] != pytest.approx(ev["epe_mean"], rel=1e-6)
     assert files["runs/metrics/gesture_cv.json"]["data"]["datasets"]["synth-gestures"]["folds"] == 2
     cv = json.loads((repo / "runs/metrics/gesture_cv.json").read_text())["datasets"]["synth-gestures"]
     assert len(cv["fold_accuracies"]) == 2 and 0 <= cv["mean"] <= 1 and len(cv["confusion"]) == 12

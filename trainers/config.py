@@ -118,9 +118,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gesture": {**_PAPER_STAGE, "epochs": 100, "augment": False},
     },
     "default": {
-        # 6D rotation: learns ~1.4x faster than the paper's axis-angle (docs/hand_estimator_fit.md)
+        # 6D rotation: learns ~1.4x faster than the paper's axis-angle; the VE head's output scaling (θ, β x3,
+        # 6D identity bias 0.1) makes Adam move the MANO parameters as fast as their influence asks
+        # (docs/hand_estimator_fit.md)
         "model": {"image_size": 128, "sfe_channels": 32, "ve_input_size": 64, "ve_channels": 16,
-                  "dense_scale": 0.125, "render_size": 32, "rot_repr": "6d"},
+                  "dense_scale": 0.125, "render_size": 32, "rot_repr": "6d", "head_gain": 3.0, "rot6d_norm": 0.1},
         "loss": {},
         "sfe": {"epochs": 4, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5},
         "train": {"epochs": 12, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5},

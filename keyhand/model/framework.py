@@ -71,7 +71,8 @@ class Framework(nn.Module):
         t_init = [0.0, 0.0] if rest.is_meta else (-S_INIT * rest[MIDDLE_MCP, :2]).tolist()
         self.ve = ViewpointEncoder(self.sfe.out_channels if self.sfe is not None else 3, cfg.ve_input_size,
                                    cfg.ve_blocks, cfg.ve_dense, cfg.pca_comps, cfg.ve_channels, cfg.dense_scale,
-                                   s_init=S_INIT, t_init=tuple(t_init), rot_repr=cfg.rot_repr)
+                                   s_init=S_INIT, t_init=tuple(t_init), rot_repr=cfg.rot_repr,
+                                   head_gain=cfg.head_gain, rot6d_norm=cfg.rot6d_norm)
         self.direct = None
         if cfg.estimator == "direct":
             self.ve.head = None                                              # replaced by the 63-output head

@@ -69,6 +69,7 @@ def stage_ablate(p: Params, resume: bool = True) -> None:
     if any(pretrained.values()) and sfe is None:
         raise StageError(f"{RUNS / 'pretrain_sfe'} holds no checkpoint: run the pretrain_sfe stage first")
     out = (RUNS / "ablate").resolve()
+    reused = _reuse_main_run(p, configs, pretrained, out / "trials")
     spec = {"configs": configs, "pretrained": pretrained, "data": _pose_data(p),
             "rows": {label: list(v) for label, v in labels.items()},
             "sfe_checkpoint": None if sfe is None else str(sfe.resolve()), "out": str(out / "trials")}
@@ -81,7 +82,31 @@ def stage_ablate(p: Params, resume: bool = True) -> None:
     _write_json(METRICS / "ablation.json", summary)
     failed = summary["failed"]
     print(f"ablate: {len(summary['rows']) - len(failed)}/{len(summary['rows'])} rows finished ({p.stats.seeds} "
-          "seeds each)" + (f"; failed: {failed}" if failed else ""))
+          "seeds each)" + (f"; failed: {failed}" if failed else "")
+          + (f"; {', '.join(reused)} = the train stage's run (same identity), not trained twice" if reused else ""))
+
+
+def _reuse_main_run(p: Params, configs: dict[str, dict], pretrained: dict[str, bool], trials: Path) -> list[str]:
+    """Seed each trial whose configuration is the main run's (``base.seed0`` when ``sweep.epochs`` is null) with
+    a copy of the train stage's run folder: the trial then continues that run — 0 epochs left — instead of
+    training the same model twice. The trial's own identity check (:func:`trainers.train.plan_start`) still
+    decides: a copy of another identity (other data, SFE or code settings) is set aside and trained afresh."""
+    import shutil
+
+    from trainers.checkpoint import latest
+
+    main, src = p.train_config().model_dump(), RUNS / "train"
+    if latest(src) is None:
+        return []
+    main_pre = p.model.sfe != "none"
+    reused = []
+    for label, cfg in configs.items():
+        dst = trials / label
+        if cfg == main and pretrained[label] == main_pre and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, dst)
+            reused.append(label)
+    return reused
 
 def stage_search(p: Params, resume: bool = True) -> None:
     """Optuna + ASHA over ``sweep.search.space`` (lr, weight decay, loss weights) on the full configuration."""
