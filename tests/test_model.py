@@ -298,8 +298,9 @@ def test_rotation_representations_agree():
 
 
 def test_head_output_scaling():
-    """head_gain multiplies θ and β (same raw head), rot6d_norm sets the norm of the 6D identity bias's two columns; the first
-    prediction is still the identity rotation and the mean hand; a non-positive value is refused in one line."""
+    """head_gain multiplies θ and β (same raw head), rot6d_norm sets the norm of the 6D identity bias's two
+    columns; the first prediction is still the identity rotation and the mean hand; a non-positive value is
+    refused in one line."""
     from keyhand.config import SectionError
     from keyhand.geometry.mano import rotation_matrix
 

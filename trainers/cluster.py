@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.sweep import SweepError
+from trainers.tracking import pid_alive
 
 __all__ = ["ClusterError", "Node", "alive_nodes", "trial_nodes", "is_uri", "check_remote_safe", "ProbePlan",
            "probe_plan", "probe_nodes", "placement", "TrackingServer", "parse_bind", "reachable_ip"]
@@ -568,7 +569,7 @@ class TrackingServer:
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
                 proc.poll()  # reap the leader, else its zombie keeps the group "alive"
-                if not _group_alive(proc.pid):
+                if not pid_alive(proc.pid, group=True):
                     return
                 time.sleep(0.1)
 
@@ -582,16 +583,6 @@ class TrackingServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def summary_line(nodes: Sequence[Node], hosts: Sequence[Node], resources: Mapping[str, float]) -> str:

@@ -580,9 +580,11 @@ def log_image(image: str | os.PathLike | np.ndarray, name: str, run_id: str | No
 # --------------------------------------------------------------------------------------------------- stale runs
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int, group: bool = False) -> bool:
+    """Whether process ``pid`` (``group=True``: any process of process group ``pid``) still exists on this host
+    (signal 0; a process of another user counts as alive)."""
     try:
-        os.kill(pid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -613,7 +615,7 @@ def close_stale_runs(experiment: str, older_than_s: float = 3600.0, uri: str | N
         dead = False
         if tags.get(TAG_HOST) == host and (tags.get(TAG_PID) or "").isdigit():
             pid = int(tags[TAG_PID])
-            dead = pid != os.getpid() and not _pid_alive(pid)
+            dead = pid != os.getpid() and not pid_alive(pid)
         if dead or now - beat > older_than_s:
             client.set_tag(run.info.run_id, "keyhand.error", "closed as stale: its driver or trial stopped")
             client.set_terminated(run.info.run_id, status=status)

@@ -52,7 +52,8 @@ class ModelConfig(Section):
     side: Literal["right", "left"] = "right"
     flat_hand_mean: StrictBool = False
     rot_repr: Literal["axis_angle", "6d"] = "axis_angle"   # R of §3.3: the paper's axis-angle, or continuous 6D
-    # the VE head's output scaling (keyhand.model.ve): θ, β = head_gain × raw; the norm of the 6D identity bias's columns
+    # the VE head's output scaling (keyhand.model.ve): θ, β = head_gain × raw output; the 6D identity bias's
+    # column norm (1, 1 = the paper's plain linear head)
     head_gain: PositiveFloat = 1.0
     rot6d_norm: PositiveFloat = 1.0
     # "mano" = the paper's HE (§3.4); "direct" = the direct-regression CONTROL: the same SFE and VE with a linear

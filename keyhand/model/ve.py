@@ -17,14 +17,13 @@ Initialisation: the head's weights are small (x0.01) so the first prediction is 
 s = ``s_init``, R = 0 (identity rotation), θ = 0 (the pose mean), β = 0 (the mean shape).
 
 Output scaling (an optimisation choice the paper leaves open; docs/hand_estimator_fit.md): θ and β are
-``head_gain`` times the head's raw outputs, and the 6D rotation's identity bias is ``rot6d_norm`` times (e1, e2) (its two columns have that norm).
-Both set how fast Adam moves each group of MANO parameters per step (Adam's step is about the learning rate
-in weight units, whatever the output's meaning): a gain g multiplies θ's and β's speed by g, a bias norm n
-multiplies R's by about 1/n (the 6D vector is normalised). With a linear head on fixed features fitting
-32 hands through MANO, g = 3 and n = 0.1 reach 1.0 mm in 800 Adam steps where g = n = 1 (the plain head)
-reaches 2.3 mm. g = 1, n = 1 is the plain linear head the paper describes. s is positive via
-s = s_init * softplus(raw) / ln 2 (s = s_init at raw = 0, d ln s / d raw = 0.72 there). The default
-s_init = S_INIT = 1.2 / 180 NDC per mm makes a ~180 mm hand span 60 % of the crop (NDC spans 2).
+``head_gain`` times the head's raw outputs, and the 6D rotation's identity bias is ``rot6d_norm`` times
+(e1, e2) (each of its two columns has that norm). Both set how fast Adam moves each group of MANO
+parameters per step (Adam's step is about the learning rate in weight units, whatever the output means):
+a gain g multiplies θ's and β's speed by g, a bias norm n multiplies R's by about 1/n (the 6D vector is
+normalised). With a linear head on fixed features fitting 32 hands through MANO, g = 3 and n = 0.1 reach
+1.0 mm in 800 Adam steps where g = n = 1 (the plain head) reaches 2.3 mm. g = 1, n = 1 is the plain
+linear head the paper describes.
 """
 
 from __future__ import annotations
