@@ -128,9 +128,9 @@ def test_ablation_rows_are_the_main_configuration_plus_one_switch() -> None:
     assert direct.model.estimator == "direct"
     assert (direct.loss.joints_2d, direct.loss.mask, direct.loss.reg) == (0, 0, 0)
     assert direct.train == base.train                          # the control at the main run's budget
-    d = Params()                                               # default: fewer rows, a sweep budget, 3 seeds
+    d = Params()                                               # default: fewer rows, the main budget, 3 seeds
     assert d.seed_indices() == [0, 1, 2] and set(d.sweep.rows) == {"base", "control_direct", "t1_no_sfe"}
-    assert d.ablation_config("base")[0] == d.train_config({"train.epochs": d.sweep.epochs})
+    assert d.sweep.epochs is None and d.ablation_config("base") == (d.train_config(), True)   # = the main run
     with pytest.raises(ParamsError, match="no row 'nope'"):
         p.ablation_config("nope")
     # every row the paper's tables name exists
