@@ -14,7 +14,9 @@ alone 0.3-4 G parameters. Then three dense layers (VE1 3x1024, VE2 2x2048 + 1x10
 times ``dense_scale``, at least 8) with ReLU, and a linear head to v (2 + 1 + 3 + P + 10 = 61 values for P = 45).
 
 Initialisation: the head's weights are small (x0.01) so the first prediction is its bias: t = ``t_init``,
-s = ``s_init``, R = 0 (identity rotation), θ = 0 (the pose mean), β = 0 (the mean shape).
+s = ``s_init``, R = 0 (identity rotation), θ = 0 (the pose mean), β = 0 (the mean shape). s is positive via
+s = s_init * softplus(raw) / ln 2 (s = s_init at raw = 0, d ln s / d raw = 0.72 there). The default
+s_init = S_INIT = 1.2 / 180 NDC per mm makes a ~180 mm hand span 60 % of the crop (NDC spans 2).
 
 Output scaling (an optimisation choice the paper leaves open; docs/hand_estimator_fit.md): θ and β are
 ``head_gain`` times the head's raw outputs, and the 6D rotation's identity bias is ``rot6d_norm`` times
