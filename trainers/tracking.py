@@ -48,7 +48,7 @@ __all__ = [
     "TrackingError", "DEFAULT_DB", "DEFAULT_ARTIFACTS", "default_tracking_uri", "resolve_tracking_uri",
     "check_tracking", "use_tracking", "ensure_experiments", "flatten_params", "params_hash", "git_commit",
     "tracked_run", "MlflowCallback", "log_evaluation", "log_gesture_cv", "log_image", "close_stale_runs",
-    "child_runs",
+    "child_runs", "pid_alive",
 ]
 
 DEFAULT_DB = "runs/mlflow.db"             # relative to the project folder
