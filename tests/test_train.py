@@ -310,6 +310,37 @@ def test_fewer_epochs_give_the_fresh_run_of_that_many_never_the_longer_one(stb, 
     assert json.loads((tmp_path / "run" / "history.json").read_text())[-1]["epoch"] == 0
 
 
+class _Threads:
+    """Records torch's intra-op thread count at every optimiser step."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def on_step_end(self, step: int, terms: dict) -> None:
+        self.seen.add(torch.get_num_threads())
+
+
+def test_a_cpu_runs_thread_count_is_set_and_part_of_its_identity(stb, tmp_path: Path) -> None:
+    """train.threads is the count the steps run with (restored after); another count is another run (its float
+    reductions differ), so a run folder of one count is set aside, never continued, by a run of another."""
+    before = torch.get_num_threads()
+    results, models = {}, {}
+    for n in (1, 2, 1):
+        cfg = tiny_cfg(train={"epochs": 1, "augment": False, "threads": n})
+        rec, model = _Threads(), build_framework(cfg)
+        result = fit("train", model, make_loaders(cfg, "train", stb["train"]), cfg, tmp_path / "run", callbacks=[rec],
+                     progress=False)
+        assert rec.seen == {n} and torch.get_num_threads() == before
+        assert result.epochs_run == 1                 # each switch of count trains afresh
+        results.setdefault(n, []).append(result.params_hash)
+        models.setdefault(n, []).append(_state(model))
+    assert results[1][0] == results[1][1] != results[2][0]
+    assert _same(models[1][0], models[1][1])         # same count, same run: bitwise the same weights
+    assert (tmp_path / "run.previous").is_dir()
+    unset = tiny_cfg(train={"epochs": 1, "augment": False})
+    assert unset.train.threads == 1 and TrainConfig.for_profile("paper").train.threads is None
+
+
 def test_dataloader_workers_do_not_change_the_run(stb, tmp_path: Path) -> None:
     results = []
     for workers in (0, 2):

@@ -82,7 +82,10 @@ class StageSection(_Section):
     ``amp``: "auto" = bf16 autocast on CUDA, fp32 on CPU; "bf16" = the same (CPU stays fp32); "off" = fp32.
     ``grad_clip``: max global gradient norm (None = no clipping). ``log_every``: progress-bar refresh (steps).
     ``augment``: the §4.2 appearance augmentation on training images (ignored by the gesture stage, whose
-    inputs are the frozen framework's 3D joints, computed once per split).
+    inputs are the frozen framework's 3D joints, computed once per split). ``threads``: torch's intra-op CPU
+    threads while the stage trains (None = as many as torch has, i.e. the machine's cores). On CPU the count
+    changes the numbers (float reductions in another order), so the count in effect is part of the run's
+    identity (:func:`trainers.train.with_threads`); pinning it makes a run the same on any machine.
     """
 
     epochs: int = Field(1, ge=0)
@@ -97,6 +100,7 @@ class StageSection(_Section):
     compile: bool = False
     grad_clip: float | None = Field(None, gt=0)
     log_every: int = Field(10, ge=1)
+    threads: int | None = Field(None, ge=1)
 
 
 class ClassifierSection(_Section):
@@ -124,9 +128,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model": {"image_size": 128, "sfe_channels": 32, "ve_input_size": 64, "ve_channels": 16,
                   "dense_scale": 0.125, "render_size": 32, "rot_repr": "6d", "head_gain": 3.0, "rot6d_norm": 0.1},
         "loss": {},
-        "sfe": {"epochs": 4, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5},
-        "train": {"epochs": 12, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5},
-        "gesture": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-5, "augment": False},
+        # one intra-op thread everywhere: a stage's numbers are then the same on any machine, and the train
+        # stage's run is exactly the ablation's base.seed0 trial (trials run one thread each)
+        "sfe": {"epochs": 4, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5, "threads": 1},
+        "train": {"epochs": 12, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5, "threads": 1},
+        "gesture": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-5, "augment": False,
+                    "threads": 1},
     },
 }
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["resolve_device", "amp_dtype", "autocast", "prepare_model", "seed_everything", "seed_worker",
+__all__ = ["resolve_device", "cpu_threads", "amp_dtype", "autocast", "prepare_model", "seed_everything", "seed_worker",
            "epoch_seed", "EpochSampler", "synchronize", "Timer"]
 
 
@@ -93,6 +93,21 @@ def prepare_model(model: torch.nn.Module, device: torch.device, channels_last: b
     if compile:
         return torch.compile(model)
     return model
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[int]:
+    """torch's intra-op CPU threads set to ``n`` for the block (None: left as they are), restored after; yields
+    the count in effect. The count changes the order of float reductions, hence a CPU run's numbers
+    (docs/statistics.md, "Threads")."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(int(n))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def seed_everything(seed: int, device: torch.device | None = None) -> None:
