@@ -194,7 +194,7 @@ ABLATION_ROWS: dict[str, dict[str, Any]] = {
 #: The default profile's rows (its compute, issue 11 item 6): the base, the direct control and Table 1's largest
 #: switch (the paper's: no SFE, +1.94 mm), each with ``stats.seeds`` seeds. The paper profile runs every row.
 #: Every row trains at the main run's budget (``sweep.epochs: null``); base.seed0 is the main run itself
-#: (docs/statistics.md): 8 trials × 12 epochs × 288 images, the ablation sweep ~6 min on a 2-core CPU.
+#: (docs/statistics.md): 8 trials × 10 epochs × 288 images, the ablation sweep ~6 min on a 2-core CPU.
 DEFAULT_ROWS = {k: ABLATION_ROWS[k] for k in ("base", "control_direct", "t1_no_sfe")}
 
 #: Profiles of the sections outside trainers.config (whose own PROFILES fill model / loss / stages).
@@ -348,7 +348,8 @@ SECTION_NOTES = {
              "mano_path: the official MANO file or folder (null = the license-free proxy hand)",
     "loss": "Eq. 12 weights (0 switches a term off)",
     "sfe": "SFE pretraining (§4.1.1)",
-    "train": "full training (Eq. 12)",
+    "train": "full training (Eq. 12); threads: torch CPU threads of a stage (part of a CPU run's identity: another "
+             "count gives other numbers; null = the machine's cores; keep it <= sweep.cpus_per_trial)",
     "gesture": "the §4.3.3 classifier on the frozen framework's 3D joints",
     "classifier": "its hidden width",
     "evaluate": "Fig. 6 panels rendered by the evaluate stage",
