@@ -194,7 +194,7 @@ ABLATION_ROWS: dict[str, dict[str, Any]] = {
 #: The default profile's rows (its compute, issue 11 item 6): the base, the direct control and Table 1's largest
 #: switch (the paper's: no SFE, +1.94 mm), each with ``stats.seeds`` seeds. The paper profile runs every row.
 #: Every row trains at the main run's budget (``sweep.epochs: null``); base.seed0 is the main run itself
-#: (docs/statistics.md): 8 trials × 9 epochs × 288 images, the ablation sweep ~6 min on a 2-core CPU.
+#: (docs/statistics.md): 8 trials × 9 epochs × 288 images, the ablation sweep ~5.5 min on a 2-core CPU.
 DEFAULT_ROWS = {k: ABLATION_ROWS[k] for k in ("base", "control_direct", "t1_no_sfe")}
 
 #: Profiles of the sections outside trainers.config (whose own PROFILES fill model / loss / stages).

@@ -17,14 +17,15 @@ gesture classifier's stage (§4.3.3) is :mod:`trainers.gesture`. Stages (:data:`
 
 **Run identity.** A run's identity (:func:`trainers.config.run_hash`) is the content hash of everything
 that changes what its epochs compute: the model, loss and stage settings, the bytes of the prepared data
-and masks it reads, and the weights it starts from (the seeded initialisation with any pretrained SFE
-loaded into it). Every checkpoint records it. :func:`fit` continues the run in ``out_dir`` only when it
-has the same identity (``resume="auto"``; ``"require"`` refuses another one with one line; ``"never"``
-always starts fresh); anything it cannot continue is moved to ``<out_dir>.previous`` (never deleted), and
-the stage starts fresh. Epochs are not part of the identity: asking for more epochs continues the run,
-asking for fewer than it has returns that epoch's checkpoint (later ones are set aside) or, when that
-checkpoint is no longer kept, trains afresh — so the result is always the model a fresh run of that many
-epochs gives.
+and masks it reads, the weights it starts from (the seeded initialisation with any pretrained SFE
+loaded into it) and, on CPU, the intra-op thread count it trains with (``<stage>.threads``: another count
+reorders float reductions and gives other weights; :func:`with_threads`). Every checkpoint records it.
+:func:`fit` continues the run in ``out_dir`` only when it has the same identity (``resume="auto"``;
+``"require"`` refuses another one with one line; ``"never"`` always starts fresh); anything it cannot
+continue is moved to ``<out_dir>.previous`` (never deleted), and the stage starts fresh. Epochs are not
+part of the identity: asking for more epochs continues the run, asking for fewer than it has returns that
+epoch's checkpoint (later ones are set aside) or, when that checkpoint is no longer kept, trains afresh —
+so the result is always the model a fresh run of that many epochs gives.
 
 Every epoch ends with one checkpoint (:mod:`trainers.checkpoint`), written atomically; ``history.json``
 lists the per-epoch metrics. Continuing restores weights, optimiser and RNG states from the checkpoint;
