@@ -74,8 +74,8 @@ OVERFIT_EPE_MM = 5.0
 def test_full_framework_overfits_32_images(tmp_path: Path) -> None:
     """Every Eq. 12 term on (L_SFE, L_3D, L_2D, L_M through the NMR renderer, L_Reg), the default profile's
     weights, 6D rotation and VE output scaling: training EPE on the 32 training images <= 5 mm after 350
-    epochs (before the fixes: 27.8 mm after ~290). Budget: 700 optimiser steps of batch 16 at 64², ~4 min on
-    one core of a quiet CPU."""
+    epochs (before the fixes: 27.8 mm after ~290). Budget: 700 optimiser steps of batch 16 at 64², ~4-5 min on
+    one thread (the default profile's ``train.threads``)."""
     from keyhand.data.prepare import compute_split_masks, open_reader, prepare_split
     from trainers.config import TrainConfig
     from trainers.run import StageData, evaluate_checkpoint, fit_stage

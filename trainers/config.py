@@ -85,7 +85,8 @@ class StageSection(_Section):
     inputs are the frozen framework's 3D joints, computed once per split). ``threads``: torch's intra-op CPU
     threads while the stage trains (None = as many as torch has, i.e. the machine's cores). On CPU the count
     changes the numbers (float reductions in another order), so the count in effect is part of the run's
-    identity (:func:`trainers.train.with_threads`); pinning it makes a run the same on any machine.
+    identity (:func:`trainers.train.with_threads`); pinned, a run is the same on any machine of the same
+    CPU kind and torch build.
     """
 
     epochs: int = Field(1, ge=0)
@@ -128,7 +129,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model": {"image_size": 128, "sfe_channels": 32, "ve_input_size": 64, "ve_channels": 16,
                   "dense_scale": 0.125, "render_size": 32, "rot_repr": "6d", "head_gain": 3.0, "rot6d_norm": 0.1},
         "loss": {},
-        # one intra-op thread everywhere: a stage's numbers are then the same on any machine, and the train
+        # one intra-op thread everywhere: a stage's numbers are then machine-independent (same CPU kind), and the train
         # stage's run is exactly the ablation's base.seed0 trial (trials run one thread each)
         "sfe": {"epochs": 4, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5, "threads": 1},
         "train": {"epochs": 9, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5, "threads": 1},
