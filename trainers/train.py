@@ -434,7 +434,7 @@ def train_epochs(stage: str, model: nn.Module, params: list[nn.Parameter], step_
     with cpu_threads(cfg.stage(stage).threads if on_cpu else None) as n:
         return _epoch_loop(stage, model, params, step_fn, validate, loaders, cfg, out_dir,
                            with_threads(identity, n) if on_cpu else identity, w, resume=resume, callbacks=callbacks,
-                           device=dev, progress=progress, keep=keep, extra=extra)
+                           dev=dev, progress=progress, keep=keep, extra=extra)
 
 
 def with_threads(identity: str, threads: int) -> str:
@@ -447,9 +447,8 @@ def with_threads(identity: str, threads: int) -> str:
 def _epoch_loop(stage: str, model: nn.Module, params: list[nn.Parameter], step_fn: Callable,
                 validate: Callable | None, loaders: dict[str, DataLoader], cfg: TrainConfig,
                 out_dir: str | os.PathLike, identity: str, w: Any = None, *, resume: str, callbacks: Sequence[Any],
-                device: torch.device, progress: bool, keep: int | None, extra: dict | None) -> FitResult:
+                dev: torch.device, progress: bool, keep: int | None, extra: dict | None) -> FitResult:
     st = cfg.stage(stage)
-    dev = device
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     found = plan_start(out, identity, st.epochs, resume, quiet=not progress)

@@ -96,8 +96,8 @@ def _reuse_main_run(p: Params, configs: dict[str, dict], pretrained: dict[str, b
     from trainers.checkpoint import latest
 
     main, src = p.train_config().model_dump(), RUNS / "train"
-    if latest(src) is None:
-        return []
+    if latest(src) is None or p.train.threads is None:
+        return []   # train.threads null: the stage ran on the machine's cores, a trial on one — another identity
     main_pre = p.model.sfe != "none"
     reused = []
     for label, cfg in configs.items():
@@ -107,6 +107,7 @@ def _reuse_main_run(p: Params, configs: dict[str, dict], pretrained: dict[str, b
             shutil.copytree(src, dst)
             reused.append(label)
     return reused
+
 
 def stage_search(p: Params, resume: bool = True) -> None:
     """Optuna + ASHA over ``sweep.search.space`` (lr, weight decay, loss weights) on the full configuration."""
