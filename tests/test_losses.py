@@ -50,7 +50,7 @@ def make_batch(**fields) -> dict[str, torch.Tensor]:
 def test_weights_defaults_and_validation():
     w = LossWeights()
     assert (w.joints_3d, w.joints_2d, w.mask, w.reg) == (1.0, 0.1, 0.001, 0.001)   # balanced by gradient (docstring)
-    assert all(v >= 0 for v in w.as_dict().values())
+    assert all(v >= 0 for k, v in w.as_dict().items() if k != "heatmap_form") and w.heatmap_form == "l2"
     for bad in (-1.0, float("nan"), float("inf"), "1", True):
         with pytest.raises(ValueError, match=r"LossWeights\.mask must be a finite number >= 0"):
             LossWeights(mask=bad)
@@ -77,6 +77,30 @@ def test_heatmap_term_hand_computed():
     vis[0, 1:] = 0                                 # sample 0: only joint 0 visible -> 1 + 21 visible maps
     _, terms = sfe_loss([pred, target], [], make_batch(heatmaps=target, visibility=vis), weights(heatmap=1))
     assert terms["heatmap"].item() == pytest.approx(0.25 / (1 + J))
+
+
+def test_softmax_heatmap_term_is_the_kl_to_the_normalised_target():
+    """heatmap_form="softmax": KL(target/Σtarget ‖ softmax(pred)), mean over visible maps with a target."""
+    target = torch.zeros(B, J, H, H)
+    target[:, :, 1, 1], target[:, :, 1, 2] = 1.0, 1.0          # two pixels: normalised to 0.5 / 0.5
+    w = LossWeights(**{**ONLY, "heatmap": 1.0, "heatmap_form": "softmax"})
+    _, terms = sfe_loss([torch.zeros(B, J, H, H)], [], make_batch(heatmaps=target), w)
+    assert terms["heatmap"].item() == pytest.approx(math.log(16 / 2))       # uniform prediction: log(16) − log(2)
+    pred = torch.full((B, J, H, H), -1e4)
+    pred[:, :, 1, 1] = pred[:, :, 1, 2] = 0.0                                # the target itself, 0.5 / 0.5
+    _, terms = sfe_loss([pred], [], make_batch(heatmaps=target), w)
+    assert terms["heatmap"].item() == pytest.approx(0.0, abs=1e-6)
+    # a joint outside the crop (all-zero target) and an invisible one are not trained
+    target[0, 0] = 0.0
+    vis = torch.ones(B, J)
+    vis[1, 3] = 0
+    pred = torch.zeros(B, J, H, H, requires_grad=True)
+    total, terms = sfe_loss([pred], [], make_batch(heatmaps=target, visibility=vis), w)
+    assert terms["heatmap"].item() == pytest.approx(math.log(8))
+    total.backward()
+    assert pred.grad[0, 0].abs().sum() == 0 and pred.grad[1, 3].abs().sum() == 0 and pred.grad[0, 1].abs().sum() > 0
+    with pytest.raises(ValueError, match="heatmap_form must be one of l2, softmax"):
+        LossWeights(heatmap_form="ce")
 
 
 def test_silhouette_bce_hand_computed_and_resized_target():

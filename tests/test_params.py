@@ -34,6 +34,9 @@ def test_paper_profile_is_the_papers_protocol() -> None:
     assert p.model.image_size == 256 and p.model.sfe_channels == 256 and p.model.ve_input_size == 256
     assert p.data.synthetic.stb == {"train": 15000, "val": 750, "test": 3000} and p.cv.folds == 10
     assert p.stats.seeds == 1 and p.sweep.epochs is None and "control_direct" in p.sweep.rows  # same budget
+    # Eq. 13's L2 heatmaps and ObMan pretraining (§4.1.1); the default profile: softmax maps on the pose set
+    assert p.loss.heatmap_form == "l2" and p.data.sfe_on == "obman"
+    assert (Params().loss.heatmap_form, Params().data.sfe_on) == ("softmax", "pose")
     # what a file states wins over the profile; what it leaves out comes from the default profile
     assert Params.for_profile("paper", {"train": {"epochs": 3}}).train.epochs == 3
     assert Params.model_validate({"train": {"epochs": 3}}).model == Params().model

@@ -75,6 +75,8 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict]) -> None:
     ev_file = json.loads((repo / "runs/metrics/evaluate.json").read_text())   # lists: not in `dvc metrics show`
     assert ev["dataset"].endswith("/test") and ev_file["epe_ci"][0] <= ev["epe_mean"] <= ev_file["epe_ci"][1]
     assert set(ev["timings_ms"]) >= {"sfe", "ve", "he", "total"}
+    # data.sfe_on: pose (the default profile): the SFE pretrained on the pose set's train split
+    assert json.loads((repo / "runs/metrics/pretrain_sfe.json").read_text())["dataset"] == "synth-stb"
     assert set(files["runs/metrics/ablation.json"]["data"]["rows"]) == ROWS
     ablation = json.loads((repo / "runs/metrics/ablation.json").read_text())["rows"]
     assert set(ablation) == ROWS and all(r["status"] == "FINISHED" for r in ablation.values())
@@ -159,17 +161,19 @@ def _same(a: dict, b: dict) -> bool:
 
 @pytest.mark.slow
 def test_new_pretrained_sfe_retrains_the_train_stage(project: tuple[Path, dict]) -> None:
-    """`dvc exp run -S sfe.epochs=...`: the SFE the train stage starts from changes, so does its run identity:
-    train trains afresh (never "resumes" its finished run) and reports new weights and metrics."""
+    """`dvc exp run -S sfe.epochs=... -S data.sfe_on=obman`: the SFE the train stage starts from changes (now
+    pretrained on the ObMan set, the paper's), so does its run identity: train trains afresh (never "resumes" its
+    finished run) and reports new weights and metrics."""
     repo, env = project
     weights, metrics = _train_state(repo)
-    out = _run(["dvc", "exp", "run", "-S", "sfe.epochs=2", "train"], repo, env)
+    out = _run(["dvc", "exp", "run", "-S", "sfe.epochs=2", "-S", "data.sfe_on=obman", "train"], repo, env)
     text = out.stdout + out.stderr
     assert "Running stage 'pretrain_sfe'" in text and "Running stage 'train'" in text
     new_weights, new_metrics = _train_state(repo)
     assert new_metrics["identity"] != metrics["identity"] and not _same(weights, new_weights)
     assert new_metrics["val/epe_mean"] != metrics["val/epe_mean"] and new_metrics["epochs"] == TINY["train"]["epochs"]
     assert len(json.loads((repo / "runs/metrics/pretrain_sfe_history.json").read_text())) == 2
+    assert json.loads((repo / "runs/metrics/pretrain_sfe.json").read_text())["dataset"] == "synth-obman"
 
 
 @pytest.mark.slow

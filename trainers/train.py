@@ -578,9 +578,12 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
     ``epe`` (N,) mm root-relative, and the HE parameters ``t`` (N, 2), ``s`` (N, 1), ``rot`` (N, 3),
     ``theta`` (N, P), ``beta`` (N, 10) from which :mod:`trainers.predict` rebuilds meshes.
     The dict also holds the metrics beyond the paper (``keyhand.metrics.SUMMARY_KEYS``: aligned EPEs,
-    F-scores, and vertex errors where the split has ground-truth meshes, ``read_split_vertices``).
+    F-scores, and vertex errors where the split has ground-truth meshes, ``read_split_vertices``) and, for a
+    model with an SFE, ``sfe_2d_px``: the mean distance (crop px) between the arg-max cells of its last
+    heatmaps and the annotated 2D joints (visible ones), the SFE's own keypoint error (§3.2).
     Samples without 3D joints are skipped in the metrics.
     """
+    from keyhand.data.heatmaps import heatmap_argmax
     from keyhand.data.prepare import read_split_vertices
     from keyhand.metrics import PoseEvaluator
 
@@ -591,6 +594,7 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
     gt_mesh = read_split_vertices(getattr(getattr(loader, "dataset", None), "split_dir", None))  # (N, V, 3) | None
     keep: dict[str, list[np.ndarray]] = {}
     count = 0
+    sfe_err, sfe_n = 0.0, 0.0     # the SFE's own 2D: arg-max of its last heatmaps vs the annotated joints
     try:
         for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
             batch = _to(batch, dev)
@@ -605,6 +609,15 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
                 verts = None if out.vertices is None else out.vertices[sel]   # None: the direct control
                 ev.update(pred[sel], gt[sel], pred_vertices=verts, gt_vertices=None if verts is None else mesh)
             count += int(sel.sum())
+            if out.heatmaps and batch.get("joints_2d") is not None:
+                uv = heatmap_argmax(out.heatmaps[-1].detach().float(), in_size=batch["image"].shape[-1],
+                                    subpixel=False)
+                vis = batch.get("visibility", torch.ones(uv.shape[:2], device=uv.device)).float() > 0
+                has2 = batch.get("has_joints_2d")
+                vis = vis & (has2[:, None] > 0) if has2 is not None else vis
+                err = (uv - batch["joints_2d"].float()).norm(dim=-1)
+                sfe_err += float(err[vis].sum())
+                sfe_n += float(vis.sum())
             if keep_predictions:
                 rel_p = pred - pred[:, :1]
                 rel_g = gt - gt[:, :1]
@@ -622,6 +635,8 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
         model.train(was_training)
     metrics: dict[str, Any] = dict(ev.compute()) if count else {}
     metrics["count"] = count
+    if sfe_n:
+        metrics["sfe_2d_px"] = sfe_err / sfe_n
     if keep_predictions:
         metrics["predictions"] = {k: np.concatenate(v) for k, v in keep.items()}
     return metrics

@@ -31,14 +31,16 @@ def _fit_stage(p: Params, stage: str, out: Path, role: str, metrics_file: Path,
 
 
 def stage_pretrain_sfe(p: Params) -> None:
-    """SFE pretraining (§4.1.1) on the pretrain role (L_SFE only)."""
+    """SFE pretraining (§4.1.1, L_SFE only) on the pretrain role's set, or the pose role's train split when
+    ``data.sfe_on`` is "pose"."""
     if p.model.sfe == "none":
         out = RUNS / "pretrain_sfe"
         out.mkdir(parents=True, exist_ok=True)
         _write_json(METRICS / "pretrain_sfe.json", {"stage": "pretrain_sfe", "skipped": "model.sfe is 'none'"})
         _write_json(METRICS / "pretrain_sfe_history.json", [])
         return
-    _fit_stage(p, "sfe", RUNS / "pretrain_sfe", "pretrain", METRICS / "pretrain_sfe.json")
+    _fit_stage(p, "sfe", RUNS / "pretrain_sfe", "pose" if p.data.sfe_on == "pose" else "pretrain",
+               METRICS / "pretrain_sfe.json")
 
 
 def stage_train(p: Params) -> None:
