@@ -98,21 +98,29 @@ def comparison_frame(table: Mapping[str, Any]) -> pd.DataFrame:
 def controls_frame(controls: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """report.json's ``controls`` (the framework beside the mean pose and the direct head) as a frame:
     ``model``, ``row``, ``seeds``, ``epochs``, ``EPE (mm)``, ``interval``, ``AUC``, ``vs base``,
-    ``vs base interval``, ``vs base verdict``."""
+    ``vs base interval``, ``vs base verdict``, then the same after Procrustes alignment: ``PA-EPE (mm)``,
+    ``PA vs base``, ``PA vs base interval``, ``PA vs base verdict``."""
     rows = []
     for r in controls:
         ours, vb = _num(r.get("ours")), r.get("vs_base") or {}
         ci = r.get("ci") or [None, None]
         vb_mean = _num(vb.get("mean"))
+        pa, pvb = _num(r.get("pa")), r.get("pa_vs_base") or {}
+        pvb_mean = _num(pvb.get("mean"))
         rows.append({"model": r.get("label", ""), "row": r.get("row", ""), "seeds": r.get("seeds"),
                      "epochs": r.get("epochs"), "EPE (mm)": np.nan if ours is None else ours,
                      "interval": _interval_text(ci[0], ci[1]),
                      "AUC": np.nan if _num(r.get("auc")) is None else _num(r.get("auc")),
                      "vs base": np.nan if vb_mean is None else vb_mean,
                      "vs base interval": _interval_text(vb.get("lo"), vb.get("hi")),
-                     "vs base verdict": "" if vb_mean is None else ("resolved" if vb.get("resolved") else NOISE)})
+                     "vs base verdict": "" if vb_mean is None else ("resolved" if vb.get("resolved") else NOISE),
+                     "PA-EPE (mm)": np.nan if pa is None else pa,
+                     "PA vs base": np.nan if pvb_mean is None else pvb_mean,
+                     "PA vs base interval": _interval_text(pvb.get("lo"), pvb.get("hi")),
+                     "PA vs base verdict": "" if pvb_mean is None else ("resolved" if pvb.get("resolved") else NOISE)})
     return pd.DataFrame(rows, columns=["model", "row", "seeds", "epochs", "EPE (mm)", "interval", "AUC", "vs base",
-                                       "vs base interval", "vs base verdict"])
+                                       "vs base interval", "vs base verdict", "PA-EPE (mm)", "PA vs base",
+                                       "PA vs base interval", "PA vs base verdict"])
 
 
 def table6_frame(table: Mapping[str, Any]) -> pd.DataFrame:
@@ -138,16 +146,17 @@ def _css(judged: str) -> str:
 
 def style_comparison(frame: pd.DataFrame, lower_is_better: bool, digits: int = 2):
     """A pandas Styler colouring only RESOLVED differences: ``ours − paper`` green / red when the row's
-    ``verdict`` is better / worse (the paper's value outside our interval), ``vs base`` when its
-    ``vs base verdict`` is "resolved" (green: better than the base). Differences within noise stay plain.
-    A frame without a ``verdict`` column (Table 6: no intervals) is never coloured."""
+    ``verdict`` is better / worse (the paper's value outside our interval), ``vs base`` (``PA vs base``) when its
+    ``vs base verdict`` (``PA vs base verdict``) is "resolved" (green: better than the base). Differences
+    within noise stay plain. A frame without a ``verdict`` column (Table 6: no intervals) is never coloured."""
     def colour_paper(col: pd.Series) -> list[str]:
         if "verdict" not in frame.columns:
             return [""] * len(col)
         return [_css(frame.loc[i, "verdict"]) for i in col.index]
 
     def colour_base(col: pd.Series) -> list[str]:
-        return [_css(verdict(v, lower_is_better)) if frame.loc[i, "vs base verdict"] == "resolved" else ""
+        judged = "PA vs base verdict" if col.name == "PA vs base" else "vs base verdict"
+        return [_css(verdict(v, lower_is_better)) if frame.loc[i, judged] == "resolved" else ""
                 for i, v in col.items()]
 
     num_cols = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
@@ -156,6 +165,8 @@ def style_comparison(frame: pd.DataFrame, lower_is_better: bool, digits: int = 2
         styler = styler.apply(colour_paper, subset=["ours − paper"])
     if "vs base" in frame.columns and "vs base verdict" in frame.columns:
         styler = styler.apply(colour_base, subset=["vs base"])
+    if "PA vs base" in frame.columns and "PA vs base verdict" in frame.columns:
+        styler = styler.apply(colour_base, subset=["PA vs base"])
     return styler
 
 

@@ -63,6 +63,7 @@ import torch
 from scipy.spatial import cKDTree
 
 __all__ = ["PCK_GRID_FULL_MM", "PCK_THRESHOLDS_MM", "ROOT_JOINT", "SCALE_BONE", "F_THRESHOLDS_MM", "SUMMARY_KEYS",
+           "procrustes_errors",
            "root_relative", "joint_errors", "epe", "pck_curve", "auc", "scale_align", "procrustes_align",
            "f_scores", "PoseEvaluator", "pose_metrics", "accuracy", "confusion_matrix", "per_class_accuracy",
            "gesture_metrics"]
@@ -153,6 +154,15 @@ def scale_align(pred, gt, bone: tuple[int, int] = SCALE_BONE, root: int = ROOT_J
     a, b = bone
     scale = np.linalg.norm(g[:, b] - g[:, a], axis=-1) / np.maximum(np.linalg.norm(p[:, b] - p[:, a], axis=-1), eps)
     return p * scale[:, None, None], g
+
+
+def procrustes_errors(pred, gt, weights=None, aligned: np.ndarray | None = None) -> np.ndarray:
+    """(N, J) joint errors (mm) of ``pred`` after its per-sample Procrustes alignment onto ``gt``
+    (:func:`procrustes_align`, fitted to the ``weights`` points; ``aligned``: that alignment if already made):
+    the errors of the PA-EPE."""
+    g = _np(gt)
+    al = procrustes_align(pred, g, weights) if aligned is None else aligned
+    return np.sqrt(((al - g) ** 2).sum(-1))
 
 
 def procrustes_align(pred, gt, weights=None, eps: float = 1e-12) -> np.ndarray:
@@ -258,7 +268,7 @@ class PoseEvaluator:
         ps, gs = scale_align(p, g)
         self._scaled.append(np.sqrt(((ps - gs) ** 2).sum(-1)))
         pa = procrustes_align(p, g, vis.astype(np.float64))
-        self._pa.append(np.sqrt(((pa - g) ** 2).sum(-1)))
+        self._pa.append(procrustes_errors(p, g, aligned=pa))
         self._f_joints.append(f_scores(pa, g, self.f_thresholds_mm))
         if pred_vertices is None or gt_vertices is None:
             return

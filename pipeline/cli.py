@@ -238,7 +238,6 @@ def bench(
 # data of the DVC graph; flags override. The work itself is trainers.run (the DVC stages call the same).
 
 _PARAMS = typer.Option(Path("params.yaml"), "--params", help="The params file (params.yaml).")
-_ROLES = {"sfe": "pretrain", "train": "pose", "gesture": "gesture"}
 
 
 def _params(path: Path, overrides: dict | None = None):
@@ -298,12 +297,12 @@ def _training_errors():
 
 def _fit_cmd(stage: str, params: Path, data: Path | None, masks: Path | None, out: Path, resume: bool,
              epochs: int | None, device: str, sfe_checkpoint: str | None = None, framework: Path | None = None) -> None:
-    from pipeline.stages.runs import stage_data
+    from pipeline.stages.runs import stage_data, stage_role
     from trainers.run import StageData, fit_stage
 
     p = _params(params, {f"{stage}.epochs": epochs} if epochs is not None else None)
     if data is None:
-        sd = stage_data(p, _ROLES[stage], with_val=stage != "sfe")
+        sd = stage_data(p, stage_role(p, stage), with_val=stage != "sfe")
     else:
         train_dir, val_dir, val_name = _split_dirs(data)
         sd = StageData(train=train_dir, val=val_dir, **_masks(masks, val_name))
@@ -341,7 +340,7 @@ def pretrain_sfe_cmd(
     out: Path = _OUT, params: Path = _PARAMS, data: Path = _DATA, masks: Path = _MASKS, resume: bool = _RESUME,
     epochs: int = _EPOCHS, device: str = _DEVICE,
 ) -> None:
-    """SFE pretraining (§4.1.1, ObMan): L_SFE (Eqs. 13-14), only the SFE's weights change."""
+    """SFE pretraining (§4.1.1): L_SFE (Eqs. 13-14) on the set data.sfe_on names; only the SFE's weights change."""
     _fit_cmd("sfe", params, data, masks, out, resume, epochs, device)
 
 

@@ -134,7 +134,9 @@ def build_project(root: Path) -> dict:
                                                      "resolved": True}} for r, e in ablation.items()}
     rows["t2_ve1"] = {"status": "FAILED", "epe_mean": None}
     rows["control_direct"] = {"status": "FINISHED", "epe_mean": 118.0, "ci": [110.0, 126.0], "seeds": 3, "auc": 0.1,
-                              "vs_base": {"mean": -2.0, "lo": -6.0, "hi": 2.0, "resolved": False}}
+                              "vs_base": {"mean": -2.0, "lo": -6.0, "hi": 2.0, "resolved": False},
+                              "pa": {"epe_mean": 30.0, "ci": [28.0, 32.0],
+                                     "vs_base": {"mean": 3.0, "lo": 0.8, "hi": 6.1, "resolved": True}}}
     rows["control_mean_pose"] = {"status": "FINISHED", "epe_mean": 150.0, "ci": [140.0, 160.0], "seeds": 1,
                                  "vs_base": {"mean": 30.0, "lo": 25.0, "hi": 35.0, "resolved": True}}
     gesture = {"synth-gestures": {"fold_accuracies": FOLD_ACC, "mean": float(np.mean(FOLD_ACC)),
@@ -241,6 +243,9 @@ def test_tables_page(app, project: dict) -> None:
     controls = _df(at, "model", "vs base verdict").set_index("row")
     assert controls.loc["control_direct", "vs base verdict"] == "within noise"
     assert controls.loc["control_mean_pose", "vs base verdict"] == "resolved" and controls.loc["base", "seeds"] == 3
+    assert controls.loc["control_direct", "PA-EPE (mm)"] == 30.0                      # after Procrustes alignment
+    assert controls.loc["control_direct", "PA vs base verdict"] == "resolved"
+    assert math.isnan(controls.loc["control_mean_pose", "PA-EPE (mm)"])                # none in the fixture
     t2 = _df(at, "design choice", "row", nth=1).set_index("row")
     assert math.isnan(t2.loc["t2_ve1", "ours"]) and "failed" in t2.loc["t2_ve1", "note"]
     t5 = _df(at, "design choice", "verdict", nth=4)

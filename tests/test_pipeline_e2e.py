@@ -74,7 +74,7 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict]) -> None:
     assert ev["count"] == 6 and 0 < ev["epe_mean"] < 1000 and 0 <= ev["auc"] <= 1
     ev_file = json.loads((repo / "runs/metrics/evaluate.json").read_text())   # lists: not in `dvc metrics show`
     assert ev["dataset"].endswith("/test") and ev_file["epe_ci"][0] <= ev["epe_mean"] <= ev_file["epe_ci"][1]
-    assert set(ev["timings_ms"]) >= {"sfe", "ve", "he", "total"}
+    assert set(ev["timings_ms"]) >= {"sfe", "ve", "he", "total"} and 0 <= ev_file["sfe_2d_px"] < 64 * 1.5
     # data.sfe_on: pose (the default profile): the SFE pretrained on the pose set's train split
     assert json.loads((repo / "runs/metrics/pretrain_sfe.json").read_text())["dataset"] == "synth-stb"
     assert set(files["runs/metrics/ablation.json"]["data"]["rows"]) == ROWS
@@ -84,6 +84,9 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict]) -> None:
     assert ablation["base"]["seeds"] == 2 and ablation["control_mean_pose"]["seeds"] == 1
     assert ablation["base"]["vs_base"] is None and ablation["t3_no_reg"]["vs_base"]["verdict"] in (
         "resolved", "within noise")
+    # the same comparison after Procrustes alignment: every row, the mean pose included
+    assert all(0 < r["pa"]["epe_mean"] < 1.2 * r["epe_mean"] for r in ablation.values())   # PA: RMS-optimal
+    assert ablation["control_direct"]["pa"]["vs_base"]["verdict"] in ("resolved", "within noise")
     # the trials monitored val (4 images); their final errors are on test (6 images), per seed
     trials = json.loads((repo / "runs/metrics/ablation.json").read_text())["trials"]
     assert len(trials) == 6 and all((repo / "runs/ablate/eval" / t / "predictions.npz").is_file() for t in trials)
@@ -114,6 +117,7 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict]) -> None:
     assert all(r["ours"] is not None and r["ci"] for r in controls.values())
     md = (repo / "runs/report/report.md").read_text()
     assert "Table 6" in md and "## Controls" in md and "control_mean_pose" in md and "vs base" in md
+    assert "PA vs base" in md
     assert "within noise" in md or "**resolved**" in md
     # every MLflow run ended; sweeps are parents with one child per trial
     import mlflow
@@ -128,6 +132,7 @@ def test_dvc_repro_end_to_end(project: tuple[Path, dict]) -> None:
     assert len(parents) == 1 and sorted(r.info.run_name for r in children) == sorted(
         f"{row}.seed{k}" for row in ("base", "t3_no_reg", "control_direct") for k in (0, 1))
     assert "control_mean_pose/epe_mean" in parents[0].data.metrics and "base/epe_ci_hi" in parents[0].data.metrics
+    assert "control_direct/pa_diff_vs_base" in parents[0].data.metrics
     evaluate = client.search_runs([by_name["keyhand-evaluate"]])[0]
     assert "epe_mean" in evaluate.data.metrics and len(client.get_metric_history(evaluate.info.run_id, "pck")) == 12
     assert evaluate.data.tags["keyhand.git_commit"] != "unknown"
@@ -173,7 +178,14 @@ def test_new_pretrained_sfe_retrains_the_train_stage(project: tuple[Path, dict])
     assert new_metrics["identity"] != metrics["identity"] and not _same(weights, new_weights)
     assert new_metrics["val/epe_mean"] != metrics["val/epe_mean"] and new_metrics["epochs"] == TINY["train"]["epochs"]
     assert len(json.loads((repo / "runs/metrics/pretrain_sfe_history.json").read_text())) == 2
-    assert json.loads((repo / "runs/metrics/pretrain_sfe.json").read_text())["dataset"] == "synth-obman"
+    sfe = json.loads((repo / "runs/metrics/pretrain_sfe.json").read_text())
+    assert sfe["dataset"] == "synth-obman"
+    # the CLI reads the set data.sfe_on names too: same identity as the stage's run
+    _run(["keyhand", "pretrain-sfe", "--out", str(repo / "cli_sfe"), "--device", "cpu"], repo, env)
+    import torch
+
+    ckpt = torch.load(next((repo / "cli_sfe").glob("epoch-*.pt")), map_location="cpu", weights_only=True)
+    assert ckpt["params_hash"] == sfe["identity"]
 
 
 @pytest.mark.slow

@@ -418,6 +418,18 @@ def test_short_cpu_run_lowers_loss_and_epe(stb, tmp_path: Path) -> None:
     after = evaluate(model, loaders["val"])
     assert after["epe_mean"] == pytest.approx(last["val/epe_mean"])
     assert len(after["pck"]["values"]) == len(after["pck"]["thresholds_mm"]) and 0 <= after["auc"] <= 1
+    # the SFE's own 2D error: the arg-max cells of its last heatmaps against the visible annotated joints
+    from keyhand.data.heatmaps import heatmap_argmax
+
+    model.eval()
+    errs = []
+    with torch.no_grad():
+        for b in loaders["val"]:
+            uv = heatmap_argmax(model(b["image"], render=False).heatmaps[-1], in_size=b["image"].shape[-1],
+                                subpixel=False)
+            errs.append((uv - b["joints_2d"]).norm(dim=-1)[b["visibility"] > 0])
+    assert after["sfe_2d_px"] == pytest.approx(float(torch.cat(errs).mean()), rel=1e-5)
+    assert "val/sfe_2d_px" in last                       # logged every epoch beside the 3D metrics
 
 
 # ------------------------------------------------------------------------------------------------- gesture

@@ -8,7 +8,9 @@ every finished trial's checkpoint on the ``test`` split (:func:`trainers.run.eva
 errors in ``runs/ablate/eval/<label>/predictions.npz``), adds the mean-pose control (the mean root-relative
 training skeleton predicted for every test image, :mod:`keyhand.controls`), and computes per row the mean EPE
 with its interval (bootstrap over test images and seeds) and the paired difference to the ``base`` row (the
-main configuration), "resolved" when its interval excludes 0 (:mod:`keyhand.stats`).
+main configuration), "resolved" when its interval excludes 0 (:mod:`keyhand.stats`); and the same after
+Procrustes alignment (``pa``: PA-EPE, what remains of the error once rotation, scale and translation are fitted
+away — the articulation and shape, where a MANO prior can differ from a direct head).
 """
 
 from __future__ import annotations
@@ -46,13 +48,13 @@ def summarise(p: Params, result: Any, labels: dict[str, tuple[str, int]], trials
     ``data``: the pose :class:`trainers.run.StageData` (its train split gives the mean pose); ``test``: the
     (split, masks) folders evaluation reads."""
     from keyhand.controls import mean_pose, mean_pose_errors
-    from keyhand.metrics import PCK_THRESHOLDS_MM, auc
+    from keyhand.metrics import PCK_THRESHOLDS_MM, auc, procrustes_errors
     from keyhand.stats import compare_rows, pck_band
     from pipeline.stages.evaluate import per_image_errors
     from trainers.run import evaluate_checkpoint
 
     status = {r["label"]: r for r in result.rows}
-    per_row: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    per_row: dict[str, dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     trials: dict[str, dict[str, Any]] = {}
     for label, (row, k) in labels.items():
         r = status.get(label, {"status": "NOT RUN"})
@@ -62,15 +64,22 @@ def summarise(p: Params, result: Any, labels: dict[str, tuple[str, int]], trials
             continue
         ev = evaluate_checkpoint(trials_dir / label, test[0], masks=str(test[1]), batch_size=p.train.batch_size,
                                  out=out / "eval" / label, device="auto")
-        per_row.setdefault(row, {})[k] = per_image_errors(ev.predictions)
+        pred = ev.predictions
+        keep = np.isfinite(pred["epe"])
+        per_row.setdefault(row, {})[k] = (*per_image_errors(pred), procrustes_errors(
+            pred["joints_3d"][keep], pred["joints_3d_gt"][keep]).mean(axis=1))
         trials[label]["test_epe_mean"] = float(ev.metrics.get("epe_mean", float("nan")))
     gt = _test_joints(test[0])
     template = mean_pose(_train_joints(Path(data.train)))
-    per_row[MEAN_POSE] = {0: mean_pose_errors(template, gt)}
+    per_row[MEAN_POSE] = {0: (*mean_pose_errors(template, gt),
+                              procrustes_errors(np.broadcast_to(template, gt.shape), gt).mean(axis=1))}
 
     epe = {row: np.stack([seeds[k][0] for k in sorted(seeds)]) for row, seeds in per_row.items()}
     joints = {row: np.stack([seeds[k][1] for k in sorted(seeds)]) for row, seeds in per_row.items()}
     stats = compare_rows(epe, "base", p.stats.confidence, p.stats.bootstrap)
+    # the same comparison after Procrustes alignment (articulation and shape, rotation and scale removed)
+    pa = compare_rows({row: np.stack([seeds[k][2] for k in sorted(seeds)]) for row, seeds in per_row.items()},
+                      "base", p.stats.confidence, p.stats.bootstrap)
     budget = p.sweep.epochs if p.sweep.epochs is not None else p.train.epochs
     table: dict[str, dict[str, Any]] = {}
     for row in [*p.sweep.rows, MEAN_POSE]:
@@ -84,7 +93,9 @@ def summarise(p: Params, result: Any, labels: dict[str, tuple[str, int]], trials
             entry.update({"status": "FINISHED" if not failed else "PARTIAL", "epe_mean": s["mean"],
                           "ci": [s["lo"], s["hi"]], "seeds": s["seeds"], "images": s["images"],
                           "per_seed": epe[row].mean(axis=1).tolist(), "vs_base": s["vs_base"],
-                          "auc": auc(band["thresholds_mm"], band["pck"]), "pck": band})
+                          "auc": auc(band["thresholds_mm"], band["pck"]), "pck": band,
+                          "pa": {"epe_mean": pa[row]["mean"], "ci": [pa[row]["lo"], pa[row]["hi"]],
+                                 "vs_base": pa[row]["vs_base"]}})
         else:
             entry.update({"status": "FAILED", "epe_mean": None, "error": "; ".join(
                 str(trials[lbl].get("error") or trials[lbl]["status"]) for lbl in failed) or "not run"})
@@ -117,3 +128,8 @@ def _log_mlflow(parent_run_id: str | None, table: dict[str, dict]) -> None:
         if e.get("vs_base"):
             client.log_metric(parent_run_id, f"{row}/diff_vs_base", float(e["vs_base"]["mean"]))
             client.log_metric(parent_run_id, f"{row}/diff_resolved", float(e["vs_base"]["resolved"]))
+        if e.get("pa"):
+            client.log_metric(parent_run_id, f"{row}/pa_epe_mean", float(e["pa"]["epe_mean"]))
+            if e["pa"].get("vs_base"):
+                client.log_metric(parent_run_id, f"{row}/pa_diff_vs_base", float(e["pa"]["vs_base"]["mean"]))
+                client.log_metric(parent_run_id, f"{row}/pa_diff_resolved", float(e["pa"]["vs_base"]["resolved"]))

@@ -39,6 +39,8 @@ def stage_evaluate(p: Params) -> None:
     from keyhand.metrics import SUMMARY_KEYS  # the paper's EPE / AUC, then the metrics beyond it (finite only)
 
     summary = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics and math.isfinite(metrics[k])}
+    if "sfe_2d_px" in metrics:   # the SFE's own 2D keypoint error (arg-max of its heatmaps), crop px
+        summary["sfe_2d_px"] = metrics["sfe_2d_px"]
     summary["dataset"] = f"{name}/test"
     summary["timings_ms"] = timings
     band = _intervals(ev.predictions, p, summary)

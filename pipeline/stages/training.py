@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.params import Params
 from pipeline.stages.common import METRICS, RUNS, _write_json, role_datasets
-from pipeline.stages.runs import _experiment, _tracking, stage_data
+from pipeline.stages.runs import _experiment, _tracking, stage_data, stage_role
 
 
 def _fit_stage(p: Params, stage: str, out: Path, role: str, metrics_file: Path,
@@ -39,8 +39,7 @@ def stage_pretrain_sfe(p: Params) -> None:
         _write_json(METRICS / "pretrain_sfe.json", {"stage": "pretrain_sfe", "skipped": "model.sfe is 'none'"})
         _write_json(METRICS / "pretrain_sfe_history.json", [])
         return
-    _fit_stage(p, "sfe", RUNS / "pretrain_sfe", "pose" if p.data.sfe_on == "pose" else "pretrain",
-               METRICS / "pretrain_sfe.json")
+    _fit_stage(p, "sfe", RUNS / "pretrain_sfe", stage_role(p, "sfe"), METRICS / "pretrain_sfe.json")
 
 
 def stage_train(p: Params) -> None:
