@@ -244,7 +244,7 @@ def _heatmap_term(pred: Tensor, target: Tensor, vis: Tensor, form: str = "l2") -
     t = t / mass.clamp_min(1e-12)[..., None]
     logp = torch.log_softmax(pred.flatten(2).float(), -1)
     err = (t * (torch.log(t.clamp_min(1e-12)) - logp)).sum(-1)     # (B, J) KL, 0 where t == 0 (0·log 0)
-    return _weighted_mean(err.to(pred.dtype), vis * (mass > 0).to(vis.dtype))
+    return _weighted_mean(err, vis * (mass > 0).to(vis.dtype))                # fp32, also under autocast
 
 
 def _silhouette_term(logits: Tensor, target: Tensor, flag: Tensor) -> Tensor:

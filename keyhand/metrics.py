@@ -156,13 +156,10 @@ def scale_align(pred, gt, bone: tuple[int, int] = SCALE_BONE, root: int = ROOT_J
     return p * scale[:, None, None], g
 
 
-def procrustes_errors(pred, gt, weights=None, aligned: np.ndarray | None = None) -> np.ndarray:
+def procrustes_errors(pred, gt, weights=None) -> np.ndarray:
     """(N, J) joint errors (mm) of ``pred`` after its per-sample Procrustes alignment onto ``gt``
-    (:func:`procrustes_align`, fitted to the ``weights`` points; ``aligned``: that alignment if already made):
-    the errors of the PA-EPE."""
-    g = _np(gt)
-    al = procrustes_align(pred, g, weights) if aligned is None else aligned
-    return np.sqrt(((al - g) ** 2).sum(-1))
+    (:func:`procrustes_align`, fitted to the ``weights`` points): the errors of the PA-EPE."""
+    return joint_errors(procrustes_align(pred, gt, weights), gt, relative=False)
 
 
 def procrustes_align(pred, gt, weights=None, eps: float = 1e-12) -> np.ndarray:
@@ -268,7 +265,7 @@ class PoseEvaluator:
         ps, gs = scale_align(p, g)
         self._scaled.append(np.sqrt(((ps - gs) ** 2).sum(-1)))
         pa = procrustes_align(p, g, vis.astype(np.float64))
-        self._pa.append(procrustes_errors(p, g, aligned=pa))
+        self._pa.append(joint_errors(pa, g, relative=False))
         self._f_joints.append(f_scores(pa, g, self.f_thresholds_mm))
         if pred_vertices is None or gt_vertices is None:
             return

@@ -297,7 +297,8 @@ def _training_errors():
 
 def _fit_cmd(stage: str, params: Path, data: Path | None, masks: Path | None, out: Path, resume: bool,
              epochs: int | None, device: str, sfe_checkpoint: str | None = None, framework: Path | None = None) -> None:
-    from pipeline.stages.runs import stage_data, stage_role
+    from pipeline.stages.common import stage_role
+    from pipeline.stages.runs import stage_data
     from trainers.run import StageData, fit_stage
 
     p = _params(params, {f"{stage}.epochs": epochs} if epochs is not None else None)

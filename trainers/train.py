@@ -594,7 +594,7 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
     gt_mesh = read_split_vertices(getattr(getattr(loader, "dataset", None), "split_dir", None))  # (N, V, 3) | None
     keep: dict[str, list[np.ndarray]] = {}
     count = 0
-    sfe_err, sfe_n = 0.0, 0.0     # the SFE's own 2D: arg-max of its last heatmaps vs the annotated joints
+    sfe_err = torch.zeros(2, device=dev)   # the SFE's own 2D: Σ error, Σ visible joints (one host sync, at the end)
     try:
         for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
             batch = _to(batch, dev)
@@ -616,8 +616,7 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
                 has2 = batch.get("has_joints_2d")
                 vis = vis & (has2[:, None] > 0) if has2 is not None else vis
                 err = (uv - batch["joints_2d"].float()).norm(dim=-1)
-                sfe_err += float(err[vis].sum())
-                sfe_n += float(vis.sum())
+                sfe_err += torch.stack([(err * vis).sum(), vis.sum().float()])
             if keep_predictions:
                 rel_p = pred - pred[:, :1]
                 rel_g = gt - gt[:, :1]
@@ -635,8 +634,9 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
         model.train(was_training)
     metrics: dict[str, Any] = dict(ev.compute()) if count else {}
     metrics["count"] = count
+    sfe_sum, sfe_n = sfe_err.tolist()
     if sfe_n:
-        metrics["sfe_2d_px"] = sfe_err / sfe_n
+        metrics["sfe_2d_px"] = sfe_sum / sfe_n
     if keep_predictions:
         metrics["predictions"] = {k: np.concatenate(v) for k, v in keep.items()}
     return metrics

@@ -46,6 +46,13 @@ def role_datasets(p: Params, role: str) -> dict[str, list[str]]:
         return {name: ["train"]}
     return {name: list(POSE_SPLITS)}
 
+def stage_role(p: Params, stage: str) -> str:
+    """The data role a training stage reads: ``sfe`` the pretrain set, or the pose set when ``data.sfe_on`` is
+    "pose"; ``train`` the pose set; ``gesture`` the gesture sets. (The DVC stages and the CLI both ask here.)"""
+    if stage == "sfe":
+        return "pose" if p.data.sfe_on == "pose" else "pretrain"
+    return {"train": "pose", "gesture": "gesture"}[stage]
+
 def prepared_dir(role: str, dataset: str, split: str) -> Path:
     return DATA / "prepared" / role / dataset / split
 

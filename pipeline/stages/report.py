@@ -9,6 +9,7 @@ from pipeline.stages.common import (
     RUNS,
     _read_json,
     role_datasets,
+    stage_role,
 )
 
 
@@ -20,8 +21,8 @@ def stage_report(p: Params) -> None:
     ablation = _read_json(METRICS / "ablation.json") if (METRICS / "ablation.json").is_file() else {}
     gesture = _read_json(METRICS / "gesture_cv.json") if (METRICS / "gesture_cv.json").is_file() else {}
     datasets = {role: ", ".join(role_datasets(p, role)) for role in ROLES}
-    if p.data.sfe_on == "pose":   # the SFE pretrained on the pose set's train split, not the pretrain set
-        datasets["pretrain"] = f"{datasets['pose']} train split (data.sfe_on: pose)"
+    if stage_role(p, "sfe") != "pretrain":   # the SFE pretrained on another role's train split
+        datasets["pretrain"] = f"{datasets[stage_role(p, 'sfe')]} train split (data.sfe_on: {p.data.sfe_on})"
     train = _read_json(METRICS / "train.json") if (METRICS / "train.json").is_file() else {}
     evaluation = {**evaluation, "epochs": train.get("epochs")}
     report = build_report(evaluation, ablation.get("rows", ablation), gesture.get("datasets", gesture),

@@ -36,14 +36,6 @@ def _sfe_checkpoint() -> Path | None:
     return latest(RUNS / "pretrain_sfe")
 
 
-def stage_role(p: Params, stage: str) -> str:
-    """The data role a training stage reads: ``sfe`` the pretrain set, or the pose set when ``data.sfe_on`` is
-    "pose"; ``train`` the pose set; ``gesture`` the gesture sets. (The DVC stages and the CLI both ask here.)"""
-    if stage == "sfe":
-        return "pose" if p.data.sfe_on == "pose" else "pretrain"
-    return {"train": "pose", "gesture": "gesture"}[stage]
-
-
 def stage_data(p: Params, role: str, with_val: bool = True):
     """The :class:`trainers.run.StageData` of ``role``: its first split trains, ``val`` (if any) validates.
     The test split is never part of it (:func:`test_split`)."""

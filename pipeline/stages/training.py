@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.params import Params
-from pipeline.stages.common import METRICS, RUNS, _write_json, role_datasets
-from pipeline.stages.runs import _experiment, _tracking, stage_data, stage_role
+from pipeline.stages.common import METRICS, RUNS, _write_json, role_datasets, stage_role
+from pipeline.stages.runs import _experiment, _tracking, stage_data
 
 
 def _fit_stage(p: Params, stage: str, out: Path, role: str, metrics_file: Path,
@@ -44,5 +44,5 @@ def stage_pretrain_sfe(p: Params) -> None:
 
 def stage_train(p: Params) -> None:
     """Full training (Eq. 12) on the pose role, starting from the pretrained SFE (Table 1, last row)."""
-    _fit_stage(p, "train", RUNS / "train", "pose", METRICS / "train.json",
+    _fit_stage(p, "train", RUNS / "train", stage_role(p, "train"), METRICS / "train.json",
                sfe_init=RUNS / "pretrain_sfe" if p.model.sfe != "none" else None)
