@@ -113,3 +113,44 @@ def test_bad_input_one_line(tmp_path: Path) -> None:
                                       "--split", "train"])
     assert result.exit_code == 2 and "NAME=COUNT" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_palm_and_back_views_differ_by_palm_tone_and_nails() -> None:
+    """The flat hand seen from its back and from its palm casts mirror-image silhouettes; the palm's lighter tone
+    and the nails (back view only) tell the views apart, as on real hands (without them the SFE confused the
+    thumb and little-finger sides of a quarter of the test crops, docs/statistics.md)."""
+    import torch
+
+    from keyhand.data.synthetic import _SKIN, _compose, _hand_frame, _Scene, render_batch
+    from keyhand.geometry.mano import ManoLayer
+
+    layer = ManoLayer(None, side="right", use_pca=False, flat_hand_mean=True, unit="mm", dtype=torch.float64)
+    frame = _hand_frame(layer)
+    scenes = []
+    for facing in (1.0, -1.0):                              # back, then palm towards the camera
+        target = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -facing]])
+        target = np.concatenate([target, np.cross(target[0], target[1])[None]])
+        scenes.append(_Scene(betas=np.zeros(10), pose=np.zeros(45), rotation=target.T @ frame,
+                             centre_px=np.array([63.5, 47.5]), depth_m=0.5, focal=160.0, skin=_SKIN[2],
+                             light=np.array([0.0, 0.0, -1.0]), gesture=-1, subject=-1))
+    back, palm = render_batch(layer, scenes, SIZE)
+    assert (back["hand_mask"] ^ palm["hand_mask"][:, ::-1]).mean() < 0.05      # mirror-image silhouettes
+    hb, hp = back["hand_mask"], palm["hand_mask"]
+    assert back["marks"][hb, 0].mean() < 0.05 and palm["marks"][hp, 0].mean() > 0.8     # palm tone
+    assert 0.01 < back["marks"][hb, 1].mean() < 0.2 and palm["marks"][hp, 1].max() == 0  # nails
+    img_b = _compose(scenes[0], back, np.random.default_rng(0), occluders=False)[0]
+    img_p = _compose(scenes[1], palm, np.random.default_rng(0), occluders=False)[0]
+    assert abs(back["shade"][hb].mean() - palm["shade"][hp].mean()) < 0.01            # same lighting
+    assert (img_p[hp].mean(0) - img_b[hb].mean(0) > 8).all()                          # a lighter palm
+
+
+def test_a_folder_of_another_generator_version_or_seed_is_refused(tmp_path: Path) -> None:
+    root = generate("synth-stb", tmp_path / "v", {"train": 1}, seed=0, image_size=SIZE)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "version": "1"}))
+    with pytest.raises(ValueError, match=r"dataset.json.*version 1"):
+        generate("synth-stb", root, {"train": 2}, seed=0, image_size=SIZE)
+    assert (root / "train/000000.json").exists() and not (root / "train/000001.json").exists()  # nothing lost
+    other = generate("synth-stb", tmp_path / "w", {"train": 1}, seed=0, image_size=SIZE)
+    with pytest.raises(ValueError, match=r"dataset.json: written with seed 0, not 1"):
+        generate("synth-stb", other, {"train": 1}, seed=1, image_size=SIZE)
