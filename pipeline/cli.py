@@ -119,7 +119,7 @@ def make_synthetic(
     try:
         root = generate(kind, out, sizes, seed=seed, image_size=(height, width),
                         model_path=None if model is None else str(model), num_subjects=subjects)
-    except ManoFileError as exc:
+    except (ManoFileError, ValueError) as exc:   # ValueError: a folder of another generator version or seed
         _fail(str(exc))
     typer.echo(f"wrote {root}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
 

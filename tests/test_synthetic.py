@@ -154,3 +154,11 @@ def test_a_folder_of_another_generator_version_or_seed_is_refused(tmp_path: Path
     other = generate("synth-stb", tmp_path / "w", {"train": 1}, seed=0, image_size=SIZE)
     with pytest.raises(ValueError, match=r"dataset.json: written with seed 0, not 1"):
         generate("synth-stb", other, {"train": 1}, seed=1, image_size=SIZE)
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["make-synthetic", "synth-stb", "--out", str(other), "--seed", "1",
+                                      "--height", str(SIZE[0]), "--width", str(SIZE[1])])
+    assert result.exit_code == 2 and "written with seed 0, not 1" in result.output
+    (other / "dataset.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"dataset.json: not a generator's dataset.json"):
+        generate("synth-stb", other, {"train": 1}, seed=0, image_size=SIZE)

@@ -143,6 +143,15 @@ def _hand_frame(layer) -> np.ndarray:
     return np.stack([fingers, dorsal, np.cross(fingers, dorsal)])
 
 
+def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """(V, 3) unit vertex normals: the area-weighted sum of the adjacent faces' normals."""
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    vn = np.zeros_like(v)
+    for c in range(3):
+        np.add.at(vn, f[:, c], fn)
+    return vn / np.linalg.norm(vn, axis=1, keepdims=True).clip(1e-12)
+
+
 def _surface_marks(layer, frame: np.ndarray) -> np.ndarray:
     """(V, 2) per-vertex weights in [0, 1] of the palm side and of the nails, from the flat rest hand.
 
@@ -155,13 +164,7 @@ def _surface_marks(layer, frame: np.ndarray) -> np.ndarray:
         out = layer(global_orient=torch.zeros(1, 3, dtype=dt), hand_pose=torch.zeros(1, 45, dtype=dt),
                     betas=torch.zeros(1, 10, dtype=dt))
     v, j = out.vertices[0].double().numpy(), out.joints[0].double().numpy()
-    f = layer.faces.numpy()
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    vn = np.zeros_like(v)
-    for c in range(3):
-        np.add.at(vn, f[:, c], fn)
-    vn /= np.linalg.norm(vn, axis=1, keepdims=True).clip(1e-12)
-    up = vn @ frame[1]                                              # +1 dorsal, -1 palmar
+    up = _vertex_normals(v, layer.faces.numpy()) @ frame[1]                                              # +1 dorsal, -1 palmar
     palm = np.clip((-up - 0.1) / 0.4, 0.0, 1.0)
     nail = np.zeros(len(v))
     for tip in (4, 8, 12, 16, 20):                                  # manopth order: the fingertips
@@ -267,13 +270,7 @@ def render_batch(layer, scenes: list[_Scene], size: tuple[int, int], marks: np.n
     bary = frags.bary.numpy()
     f_np = faces.numpy()
     for r, s, fi, bc in zip(results, scenes, face_idx, bary, strict=True):
-        vc = r["verts_cam"]
-        tri = vc[f_np]                                                       # (F, 3, 3)
-        fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        vn = np.zeros_like(vc)
-        for c in range(3):
-            np.add.at(vn, f_np[:, c], fn)
-        vn /= np.linalg.norm(vn, axis=1, keepdims=True).clip(1e-12)
+        vn = _vertex_normals(r["verts_cam"], f_np)
         hit = fi >= 0
         normals = np.einsum("pk,pkc->pc", bc[hit], vn[f_np[fi[hit]]])
         normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
@@ -320,7 +317,11 @@ def _check_resumable(root: Path, kind: str, seed: int, image_size: tuple[int, in
     meta_file = root / "dataset.json"
     if not meta_file.exists():
         return
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{meta_file}: not a generator's dataset.json; remove {root} or choose another output "
+                         "folder") from None
     want = {"version": SYNTH_VERSION, "kind": kind, "seed": seed, "image_size": list(image_size)}
     for key, value in want.items():
         if meta.get(key) != value:
