@@ -144,6 +144,10 @@ def _css(judged: str) -> str:
             f"background-color: {_WORSE_BG}; color: {WORSE}" if judged == "worse" else "")
 
 
+#: Columns that count (seeds, epochs): shown as integers, not with the metric's digits.
+_COUNTS = ("seeds", "epochs")
+
+
 def style_comparison(frame: pd.DataFrame, lower_is_better: bool, digits: int = 2):
     """A pandas Styler colouring only RESOLVED differences: ``ours − paper`` green / red when the row's
     ``verdict`` is better / worse (the paper's value outside our interval), ``vs base`` (``PA vs base``) when its
@@ -160,7 +164,7 @@ def style_comparison(frame: pd.DataFrame, lower_is_better: bool, digits: int = 2
                 for i, v in col.items()]
 
     num_cols = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
-    styler = frame.style.format({c: f"{{:.{digits}f}}" for c in num_cols}, na_rep="—")
+    styler = frame.style.format({c: "{:.0f}" if c in _COUNTS else f"{{:.{digits}f}}" for c in num_cols}, na_rep="—")
     if "ours − paper" in frame.columns:
         styler = styler.apply(colour_paper, subset=["ours − paper"])
     if "vs base" in frame.columns and "vs base verdict" in frame.columns:

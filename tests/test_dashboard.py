@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -455,6 +456,15 @@ def test_comparison_frame_and_colours() -> None:
     t6 = {"columns": ["rwth"], "rows": [{"label": "x", "paper": {"rwth": 70.0}, "ours": {"rwth": 72.0},
                                          "diff": {"rwth": 2.0}}]}
     assert F.table6_frame(t6).iloc[0].tolist() == ["x", 70.0, 72.0, 2.0]
+
+
+def test_controls_show_counts_as_integers_and_metrics_with_digits() -> None:
+    frame = F.controls_frame([
+        {"label": "main configuration", "row": "base", "seeds": 3, "epochs": 6, "ours": 49.081, "ci": [46.2, 52.1]},
+        {"label": "mean pose", "row": "control_mean_pose", "seeds": 1, "epochs": None, "ours": 78.86,
+         "ci": [75.8, 82.2], "vs_base": {"mean": 29.78, "lo": 26.4, "hi": 33.3, "resolved": True}}])
+    cells = [c.strip() for c in re.findall(r"<td[^>]*>([^<]*)</td>", F.style_comparison(frame, True).to_html())]
+    assert cells[2:5] == ["3", "6", "49.08"] and cells[16:19] == ["1", "—", "78.86"]
 
 
 def test_beyond_paper_frame() -> None:
