@@ -612,7 +612,8 @@ def evaluate(model: nn.Module, loader: DataLoader | Iterable[dict], device: str 
             if out.heatmaps and batch.get("joints_2d") is not None:
                 uv = heatmap_argmax(out.heatmaps[-1].detach().float(), in_size=batch["image"].shape[-1],
                                     subpixel=False)
-                vis = batch.get("visibility", torch.ones(uv.shape[:2], device=uv.device)).float() > 0
+                vis = batch.get("visibility")
+                vis = vis > 0 if vis is not None else torch.ones(uv.shape[:2], dtype=torch.bool, device=uv.device)
                 has2 = batch.get("has_joints_2d")
                 vis = vis & (has2[:, None] > 0) if has2 is not None else vis
                 err = (uv - batch["joints_2d"].float()).norm(dim=-1)

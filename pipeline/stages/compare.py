@@ -64,10 +64,7 @@ def summarise(p: Params, result: Any, labels: dict[str, tuple[str, int]], trials
             continue
         ev = evaluate_checkpoint(trials_dir / label, test[0], masks=str(test[1]), batch_size=p.train.batch_size,
                                  out=out / "eval" / label, device="auto")
-        pred = ev.predictions
-        keep = np.isfinite(pred["epe"])
-        per_row.setdefault(row, {})[k] = (*per_image_errors(pred), procrustes_errors(
-            pred["joints_3d"][keep], pred["joints_3d_gt"][keep]).mean(axis=1))
+        per_row.setdefault(row, {})[k] = per_image_errors(ev.predictions)
         trials[label]["test_epe_mean"] = float(ev.metrics.get("epe_mean", float("nan")))
     gt = _test_joints(test[0])
     template = mean_pose(_train_joints(Path(data.train)))

@@ -38,9 +38,8 @@ def stage_evaluate(p: Params) -> None:
                         f"{mc.ve_input_size}² (the paper's: 256², 256, 256²)")
     from keyhand.metrics import SUMMARY_KEYS  # the paper's EPE / AUC, then the metrics beyond it (finite only)
 
-    summary = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics and math.isfinite(metrics[k])}
-    if "sfe_2d_px" in metrics:   # the SFE's own 2D keypoint error (arg-max of its heatmaps), crop px
-        summary["sfe_2d_px"] = metrics["sfe_2d_px"]
+    # sfe_2d_px: the SFE's own 2D keypoint error (arg-max of its heatmaps), crop px
+    summary = {k: metrics[k] for k in (*SUMMARY_KEYS, "sfe_2d_px") if k in metrics and math.isfinite(metrics[k])}
     summary["dataset"] = f"{name}/test"
     summary["timings_ms"] = timings
     band = _intervals(ev.predictions, p, summary)
@@ -60,14 +59,16 @@ def stage_evaluate(p: Params) -> None:
                                                                band["hi"], strict=True)])
 
 
-def per_image_errors(predictions: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(per-image EPE (N,), per-joint errors (N, J)) mm, root-relative, of the samples with 3D ground truth
-    (``predictions`` of :func:`trainers.run.evaluate_checkpoint`)."""
-    from keyhand.metrics import joint_errors
+def per_image_errors(predictions: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per-image EPE (N,), per-joint errors (N, J), per-image PA-EPE (N,)) mm, of the samples with 3D ground
+    truth (``predictions`` of :func:`trainers.run.evaluate_checkpoint`): root-relative, and after the per-image
+    Procrustes alignment (:func:`keyhand.metrics.procrustes_errors`)."""
+    from keyhand.metrics import joint_errors, procrustes_errors
 
     keep = np.isfinite(predictions["epe"])
-    per_joint = joint_errors(predictions["joints_3d"][keep], predictions["joints_3d_gt"][keep])
-    return per_joint.mean(axis=1), per_joint
+    pred, gt = predictions["joints_3d"][keep], predictions["joints_3d_gt"][keep]
+    per_joint = joint_errors(pred, gt)
+    return per_joint.mean(axis=1), per_joint, procrustes_errors(pred, gt).mean(axis=1)
 
 
 def _intervals(predictions: dict, p: Params, summary: dict) -> dict:
@@ -75,7 +76,7 @@ def _intervals(predictions: dict, p: Params, summary: dict) -> dict:
     from keyhand.metrics import PCK_THRESHOLDS_MM
     from keyhand.stats import bootstrap_mean, pck_band
 
-    epe, per_joint = per_image_errors(predictions)
+    epe, per_joint, _ = per_image_errors(predictions)
     est = bootstrap_mean(epe, p.stats.confidence, p.stats.bootstrap)
     summary["epe_ci"] = [est.lo, est.hi]
     summary["confidence"] = p.stats.confidence
