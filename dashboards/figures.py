@@ -64,9 +64,11 @@ def comparison_frame(table: Mapping[str, Any]) -> pd.DataFrame:
     Columns: ``design choice`` (the paper's label), ``row`` (the params.yaml ablation row, when any),
     ``paper``, ``ours`` (mean over seeds and test images), ``interval`` (its 95 % bootstrap interval),
     ``ours − paper``, ``verdict`` (better / worse only when the paper's value lies outside our interval, else
-    "within noise"; "" without an interval: nothing is judged on a bare number), ``vs base`` (the paired
-    difference to the base row), ``vs base interval``, ``vs base verdict`` ("resolved" / "within noise")
-    and ``note``. Missing values are NaN.
+    "within noise"; "" without an interval: nothing is judged on a bare number), ``paper vs base`` (the
+    paper's difference to the row it compares this one with), ``base`` (the row ours is compared with: its
+    ``from``, else ``base``), ``vs base`` (our paired difference to it), ``vs base interval``, ``vs base
+    verdict`` ("resolved" / "within noise" / "no verdict" with fewer than 3 seeds) and ``note``. Missing
+    values are NaN.
     """
     lower = bool(table.get("lower_is_better", True))
     rows = []
@@ -86,12 +88,15 @@ def comparison_frame(table: Mapping[str, Any]) -> pd.DataFrame:
                      "paper": np.nan if paper is None else paper, "ours": np.nan if ours is None else ours,
                      "interval": _interval_text(lo, hi),
                      "ours − paper": np.nan if diff is None else diff, "verdict": judged,
+                     "paper vs base": np.nan if _num(r.get("paper_vs_diff")) is None else _num(r["paper_vs_diff"]),
+                     "base": r.get("ours_vs") or "",
                      "vs base": np.nan if vb_mean is None else vb_mean,
                      "vs base interval": _interval_text(vb.get("lo"), vb.get("hi")),
-                     "vs base verdict": "" if vb_mean is None else ("resolved" if vb.get("resolved") else NOISE),
+                     "vs base verdict": "" if vb_mean is None else (vb.get("verdict") or (
+                         "resolved" if vb.get("resolved") else NOISE)),
                      "note": r.get("note", "")})
-    cols = ["design choice", "row", "paper", "ours", "interval", "ours − paper", "verdict", "vs base",
-            "vs base interval", "vs base verdict", "note"]
+    cols = ["design choice", "row", "paper", "ours", "interval", "ours − paper", "verdict", "paper vs base", "base",
+            "vs base", "vs base interval", "vs base verdict", "note"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -113,11 +118,13 @@ def controls_frame(controls: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                      "AUC": np.nan if _num(r.get("auc")) is None else _num(r.get("auc")),
                      "vs base": np.nan if vb_mean is None else vb_mean,
                      "vs base interval": _interval_text(vb.get("lo"), vb.get("hi")),
-                     "vs base verdict": "" if vb_mean is None else ("resolved" if vb.get("resolved") else NOISE),
+                     "vs base verdict": "" if vb_mean is None else (vb.get("verdict") or (
+                         "resolved" if vb.get("resolved") else NOISE)),
                      "PA-EPE (mm)": np.nan if pa is None else pa,
                      "PA vs base": np.nan if pvb_mean is None else pvb_mean,
                      "PA vs base interval": _interval_text(pvb.get("lo"), pvb.get("hi")),
-                     "PA vs base verdict": "" if pvb_mean is None else ("resolved" if pvb.get("resolved") else NOISE)})
+                     "PA vs base verdict": "" if pvb_mean is None else (pvb.get("verdict") or (
+                         "resolved" if pvb.get("resolved") else NOISE))})
     return pd.DataFrame(rows, columns=["model", "row", "seeds", "epochs", "EPE (mm)", "interval", "AUC", "vs base",
                                        "vs base interval", "vs base verdict", "PA-EPE (mm)", "PA vs base",
                                        "PA vs base interval", "PA vs base verdict"])

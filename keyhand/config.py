@@ -13,6 +13,7 @@ Used by :class:`keyhand.model.framework.ModelConfig`, ``trainers.config`` and ``
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +23,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 __all__ = ["ConfigError", "SectionError", "Section", "load_yaml", "merge", "apply_overrides", "format_validation_error",
-           "not_bool"]
+           "not_bool", "PROFILES_DIR", "profile_names", "load_profile"]
+
+#: The profiles: YAML overlays of the params schema, one file each (``profiles/<name>.yaml``, in the repository).
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 
 
 def not_bool(v: Any) -> Any:
@@ -65,6 +69,35 @@ def load_yaml(path: str | os.PathLike, what: str = "configuration") -> dict[str,
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def profile_names() -> tuple[str, ...]:
+    """The profiles there are: the stems of ``profiles/*.yaml`` (``default``, ``paper``, ...), sorted."""
+    return tuple(sorted(f.stem for f in PROFILES_DIR.glob("*.yaml")))
+
+
+@functools.cache
+def _profile(name: str, stamp: tuple) -> dict[str, Any]:
+    path = PROFILES_DIR / f"{name}.yaml"
+    data = load_yaml(path, "profile")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or parent == name:
+        raise ConfigError(f"{path}: extends: must name another profile ({', '.join(profile_names())}), got {parent!r}")
+    return merge(load_profile(parent, _seen=(*stamp[0], name)), data)
+
+
+def load_profile(name: str, _seen: tuple = ()) -> dict[str, Any]:
+    """The nested mapping profile ``name`` sets (``profiles/<name>.yaml``; ``extends: <other>`` in it merges it
+    over that other profile). ConfigError (one line) for an unknown profile or a cycle of ``extends``."""
+    if name not in profile_names():
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(profile_names())} "
+                          f"(files in {PROFILES_DIR})")
+    if name in _seen:
+        raise ConfigError(f"{PROFILES_DIR / (name + '.yaml')}: extends: a cycle ({' -> '.join((*_seen, name))})")
+    path = PROFILES_DIR / f"{name}.yaml"
+    return copy.deepcopy(_profile(name, (_seen, path.stat().st_mtime_ns)))
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

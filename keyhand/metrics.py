@@ -27,6 +27,16 @@ lmb-freiburg/hand3d) computes them — checked against ``utils/general.py`` (``E
   (50 − 21.053 = 28.947 mm on the 20-50 grid), so it lies in [0, 1]. ``"auc_0_50"`` is the same on the full
   ``linspace(0, 50, 20)`` grid (hand3d's main AUC output, mean of per-keypoint AUCs = AUC of the mean curve).
 
+Table 5 as hand3d evaluates STB (``auc_hand3d_stb``, ``epe_hand3d_stb_mean``): ``eval_full.py`` reads STB with
+``use_wrist_coord=False``, so its keypoint 0 is STB's annotated **palm centre**, the ground truth is centred on
+it, and the network's scale-normalised prediction is multiplied by the ground truth's ``keypoint_scale`` (the
+middle MCP → PIP bone). keyhand's STB joint 0 is a wrist extrapolated from the palm (``2·palm − ring MCP``,
+``keyhand.data.stb.palm_to_wrist``), so the palm is recovered exactly as the midpoint of joints 0 and 13
+(:func:`palm_rooted`, the same midpoint of the prediction), both skeletons are centred on it and the prediction
+is scaled to the ground truth's MCP → PIP length (:func:`scale_align`); PCK / AUC on the 20-50 mm grid. The
+default ``auc`` (wrist root, no scale given) is reported beside it: a stricter number, since the prediction's
+global size is then an error too.
+
 Beyond the paper (issue 11; reported beside EPE/AUC, never instead of them). The aligned EPEs are aggregated
 like the EPE above (per keypoint over its visible samples, then over keypoints); mesh errors and F-scores are
 means over samples:
@@ -63,7 +73,7 @@ import torch
 from scipy.spatial import cKDTree
 
 __all__ = ["PCK_GRID_FULL_MM", "PCK_THRESHOLDS_MM", "ROOT_JOINT", "SCALE_BONE", "F_THRESHOLDS_MM", "SUMMARY_KEYS",
-           "procrustes_errors",
+           "PALM_FROM", "palm_rooted", "procrustes_errors",
            "root_relative", "joint_errors", "epe", "pck_curve", "auc", "scale_align", "procrustes_align",
            "f_scores", "PoseEvaluator", "pose_metrics", "accuracy", "confusion_matrix", "per_class_accuracy",
            "gesture_metrics"]
@@ -75,18 +85,30 @@ PCK_THRESHOLDS_MM = PCK_GRID_FULL_MM[8:]
 ROOT_JOINT = 0
 #: Reference bone of the scale-aligned EPE: middle-finger MCP -> PIP (manopth 9 -> 10; hand3d's keypoints 12 -> 11).
 SCALE_BONE = (9, 10)
+#: STB's palm centre as the midpoint of joints 0 (the extrapolated wrist) and 13 (ring MCP, the joint
+#: keyhand.data.stb.palm_to_wrist extrapolates from): hand3d's STB root.
+PALM_FROM = (0, 13)
 #: FreiHAND's F-score thresholds (``f_threshs = [0.005, 0.015]`` m), in mm.
 F_THRESHOLDS_MM = (5.0, 15.0)
 #: The scalar keys of :meth:`PoseEvaluator.compute` (default F thresholds), the paper's first.
 SUMMARY_KEYS = ("epe_mean", "epe_median", "auc", "auc_0_50", "epe_scaled_mean", "epe_scaled_median", "epe_pa_mean",
                 "epe_pa_median", "f5_joints", "f15_joints", "mesh_error_mean", "mesh_error_pa_mean", "f5_mesh",
-                "f15_mesh", "mesh_count", "count")
+                "f15_mesh", "mesh_count", "count", "auc_hand3d_stb", "epe_hand3d_stb_mean")
 
 
 def _np(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
+
+
+def palm_rooted(joints) -> np.ndarray:
+    """(N, J, 3) joints with joint 0 replaced by the palm centre, the midpoint of joints :data:`PALM_FROM`
+    (STB's annotated palm when joint 0 is the extrapolated wrist; hand3d's STB root, module docstring)."""
+    j = _np(joints).copy()
+    a, b = PALM_FROM
+    j[:, ROOT_JOINT] = 0.5 * (j[:, a] + j[:, b])
+    return j
 
 
 def root_relative(joints, root: int = ROOT_JOINT) -> np.ndarray:
@@ -243,6 +265,7 @@ class PoseEvaluator:
         self._errors: list[np.ndarray] = []
         self._vis: list[np.ndarray] = []
         self._scaled: list[np.ndarray] = []
+        self._hand3d_stb: list[np.ndarray] = []   # palm-rooted, scale-aligned (Table 5 as hand3d evaluates STB)
         self._pa: list[np.ndarray] = []
         self._f_joints: list[np.ndarray] = []
         self._mesh: list[np.ndarray] = []       # (B,) mean vertex error, root-aligned
@@ -264,6 +287,8 @@ class PoseEvaluator:
         self._vis.append(vis)
         ps, gs = scale_align(p, g)
         self._scaled.append(np.sqrt(((ps - gs) ** 2).sum(-1)))
+        ps, gs = scale_align(palm_rooted(p), palm_rooted(g))
+        self._hand3d_stb.append(np.sqrt(((ps - gs) ** 2).sum(-1)))
         pa = procrustes_align(p, g, vis.astype(np.float64))
         self._pa.append(joint_errors(pa, g, relative=False))
         self._f_joints.append(f_scores(pa, g, self.f_thresholds_mm))
@@ -314,6 +339,10 @@ class PoseEvaluator:
         nan = float("nan")
         out["epe_scaled_mean"], out["epe_scaled_median"] = epe(_joined(self._scaled, (0, self.num_joints)), vis)
         out["epe_pa_mean"], out["epe_pa_median"] = epe(_joined(self._pa, (0, self.num_joints)), vis)
+        stb = _joined(self._hand3d_stb, (0, self.num_joints))
+        stb_curve = pck_curve(stb, PCK_THRESHOLDS_MM, vis)
+        out["epe_hand3d_stb_mean"] = epe(stb, vis)[0]
+        out["auc_hand3d_stb"] = auc(PCK_THRESHOLDS_MM, stb_curve) if np.all(np.isfinite(stb_curve)) else nan
         nt = len(self.f_thresholds_mm)
         fj = _joined(self._f_joints, (0, nt))
         fm = _joined(self._f_mesh, (0, nt))

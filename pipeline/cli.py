@@ -583,13 +583,15 @@ def _start_tracking_server(bind: str, p):
     return server
 
 
-params_app = typer.Typer(help="Write or show params.yaml (profiles: default, paper).", no_args_is_help=True)
+params_app = typer.Typer(help="Write or show params.yaml (profiles: the YAML overlays in profiles/).",
+                         no_args_is_help=True)
 app.add_typer(params_app, name="params")
 
 
 @params_app.command("write")
 def params_write(
-    profile: str = typer.Option("default", help="default (synthetic, 2-core CPU) or paper (the paper's protocol)."),
+    profile: str = typer.Option("default", help="A profile of profiles/: default (synthetic, 2-core CPU), paper (the "
+                                "paper's protocol), paper-keyhand-weights (the paper with keyhand's Eq. 12 weights)."),
     params: Path = _PARAMS,
     keep_local: bool = typer.Option(True, help="Keep data roots, MANO path, Ray address and MLflow URI."),
 ) -> None:

@@ -6,10 +6,12 @@
     p.pose_datasets(), p.gesture_datasets()            # what the graph prepares and trains on
     Params.for_profile("paper")                        # the paper's protocol (keyhand params write --profile paper)
 
-Profiles: "default" (the embedded synthetic profile: the whole graph on a 2-core CPU in minutes) and "paper"
-(the paper's protocol, §4.1-4.3: batch 6, Adam 1e-4, wd 1e-5, 60 epochs SFE pretraining, 80 epochs
-training, 256² crops, the paper's model widths and dataset sizes). params.yaml is one profile written out
-in full (``keyhand params write --profile paper|default``); a key a file omits takes the default profile's
+Profiles are YAML overlays in the repository's ``profiles/`` (keyhand.config.load_profile): ``default.yaml`` (the
+embedded synthetic profile: the whole graph on a 2-core CPU in minutes), ``paper.yaml`` (the paper's protocol,
+§3-4, every setting commented with its section: batch 6, Adam 1e-4, wd 1e-5, 60 / 80 epochs, 256² crops, the
+paper's widths, Eq. 12 unweighted, Tables 1-3 one switch from the 11.12 mm configuration, 3 seeds per row) and
+``paper-keyhand-weights.yaml`` (the paper with keyhand's tuned Eq. 12 weights). params.yaml is one profile
+written out in full (``keyhand params write --profile NAME``); a key a file omits takes the default profile's
 value. The file never names a profile (it would do nothing for the keys it states).
 
 Sections (each forbids unknown keys, so a typo stops with ``params.yaml: sweep.ablaton: unknown key``):
@@ -41,11 +43,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from keyhand.atomic import atomic_write_text
 from keyhand.config import ConfigError, Section, apply_overrides, format_validation_error, load_yaml, merge
-from trainers.config import PROFILES as TRAIN_PROFILES
 from trainers.config import TrainConfig, check_no_profile
 
-__all__ = ["Params", "ParamsError", "load_params", "write_params", "render_params", "PARAMS_PROFILES",
-           "POSE_DATASETS", "GESTURE_DATASETS"]
+__all__ = ["Params", "ParamsError", "load_params", "write_params", "render_params", "POSE_DATASETS",
+           "GESTURE_DATASETS", "ROW_KEYS"]
 
 #: Pose datasets (SFE pretraining, training/evaluation) and gesture datasets, synthetic and real.
 POSE_DATASETS = {"synthetic": {"pretrain": "synth-obman", "pose": "synth-stb"},
@@ -85,24 +86,59 @@ class RootSection(_Section):
 
 
 class ObmanSection(RootSection):
-    mode: Literal["hand_object", "hand", "all"] = "all"      # §4.1.1: hand-only and hand-object images
+    # the images read (keyhand.data.obman): "rgb" = rgb/, hand + object, the paper's 141,550 (§4.1.1); "rgb_hand" =
+    # rgb_hand/, the hand-only renders; "rgb+rgb_hand" = both (2 x 141,550)
+    mode: Literal["rgb", "rgb_hand", "rgb+rgb_hand"] = "rgb"
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _renamed(cls, v: Any) -> Any:
+        renamed = {"hand_object": "rgb", "hand": "rgb_hand", "all": "rgb+rgb_hand"}
+        if v in renamed:
+            raise ValueError(f"{v!r} was renamed {renamed[v]!r} ('rgb' = rgb/ hand + object, the paper's 141,550; "
+                             "'rgb_hand' = rgb_hand/ hand-only renders; 'rgb+rgb_hand' = both)")
+        return v
+
+
+#: STB's training sequences (B2-B6; B1 is the test split)
+STB_TRAIN_SEQUENCES = tuple(f"B{b}{kind}" for b in range(2, 7) for kind in ("Counting", "Random"))
 
 
 class StbSection(RootSection):
     palm_to_wrist: Literal["extrapolate", "keep"] = "extrapolate"
+    # the pose role's val split: every frame of this one training sequence, which leaves train (consecutive frames
+    # are near-duplicates, so a share of frames would validate on what train holds); B2 is obman_train's val
+    val_sequence: Literal[STB_TRAIN_SEQUENCES] = "B2Counting"  # type: ignore[valid-type]
+
+
+class RwthSection(RootSection):
+    # §4.1.3: the paper's 20 individuals = the download's signers 1-20 (it also holds 23-26, session 1 only)
+    signers: list[int] = list(range(1, 21))
+    sessions: list[int] = [1, 2]
+    camera: Literal["cam1", "cam2", "both"] = "cam1"   # cam1 = the webcam's view of the hand (one view per sequence)
+
+    @field_validator("signers", "sessions")
+    @classmethod
+    def _ids(cls, v: list[int]) -> list[int]:
+        if not v or any(i < 1 for i in v):
+            raise ValueError(f"must list positive ids (1-based), got {v}")
+        return v
 
 
 class DataSection(_Section):
     source: Literal["synthetic", "real"] = "synthetic"
     on_corrupt: Literal["fail", "skip"] = "fail"        # corrupt images: stop, or skip with a counted warning
-    val_fraction: float = Field(0.05, gt=0, lt=1)       # real sets: held-out share of train for val (every 1/f-th)
+    val_fraction: float = Field(0.05, gt=0, lt=1)       # real sets but STB (one held-out sequence): share of train
+                                                        # held out for val (every 1/f-th sample)
     # the images the SFE is pretrained on: "obman" = the pretrain set (§4.1.1, the paper's), "pose" = the pose
     # set's train split (the default profile: docs/statistics.md "A working SFE")
     sfe_on: Literal["obman", "pose"] = "obman"
+    # data.source real with model.mano_path null trains the license-free proxy hand: refused unless this is true
+    allow_proxy_hand: bool = False
     synthetic: SyntheticSection = SyntheticSection()
     obman: ObmanSection = ObmanSection()
     stb: StbSection = StbSection()
-    rwth: RootSection = RootSection()
+    rwth: RwthSection = RwthSection()
     senz3d: RootSection = RootSection()
 
 
@@ -118,9 +154,14 @@ class EvaluateSection(_Section):
 
 
 class CvSection(_Section):
+    """§4.3.3 folds (keyhand.model.gesture.cv_splits, docs/gesture_cv.md). ``mode``: the folds whose numbers
+    are Table 6's, "stratified" = the paper-comparable random 80/20 folds (⌈folds / 5⌉ repetitions of 5
+    disjoint stratified test fifths), "subject" = leave-subjects-out. ``subject_folds``: also run the
+    leave-subjects-out folds, min(folds, subjects) of them, beside (the ``subject`` block of gesture_cv.json)."""
     folds: int = Field(10, ge=2)                        # §4.3.3: 10-fold cross-validation
-    test_fraction: float = Field(0.2, gt=0, lt=1)       # non-overlapping 80/20 splits
-    mode: Literal["stratified", "subject"] = "subject"   # subject-exclusive folds (every gesture set has subjects)
+    test_fraction: float = Field(0.2, gt=0, lt=1)       # 80/20 splits (stratified folds)
+    mode: Literal["stratified", "subject"] = "stratified"   # Table 6's folds: the paper's random 80/20
+    subject_folds: bool = True                          # leave-subjects-out folds beside them
     seed: int = 0
 
 
@@ -136,9 +177,15 @@ class SearchSection(_Section):
     reduction_factor: int = Field(2, ge=2)
 
 
+#: What a row of ``sweep.rows`` may state: overrides of sections model / loss / train, ``pretrained_sfe`` (start
+#: from the pretrain_sfe checkpoint: Table 1's last row) and ``from`` (the row it changes one switch of: its
+#: overrides apply on top of that row's, and the ablation compares the two; none = ``base``).
+ROW_KEYS = ("model", "loss", "train", "pretrained_sfe", "from")
+
+
 class SweepSection(_Section):
-    #: Named rows of Tables 1-4: overrides of the base configuration (sections model / loss / train, and
-    #: ``pretrained_sfe``: start from the pretrain_sfe checkpoint, Table 1 last row).
+    #: Named rows of Tables 1-4 (keys: :data:`ROW_KEYS`): overrides of ``base`` (the main configuration's
+    #: overrides common to every row, e.g. ``pretrained_sfe: true``), or of the row named by ``from``.
     base: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {}
     epochs: int | None = Field(None, ge=1)              # epochs per ablation trial (None = train.epochs)
@@ -169,66 +216,6 @@ class MlflowSection(_Section):
                                    "gesture_cv": "keyhand-gesture-cv", "search": "keyhand-search"}
 
 
-#: The Tables 1-4 rows. The base is the MAIN configuration (what the train stage trains: the paper's best Table 4
-#: row, pretrained SFE, 4 ResNet modules, VE2, 45 PCA, re-projection and L_Reg on, skeleton adaptation, hourglass
-#: concatenation) at the sweep's budget, so that the base row and the main run are one configuration; each row
-#: changes one switch of it. (The paper's Tables 1-3 changed one switch of its Table 4 first row instead:
-#: ``t4_no_adapt_sum`` here.) ``control_direct`` is the direct-regression control (issue 11): the same SFE and
-#: VE, a linear 63-output head, trained at the same budget (L_2D, L_M and L_Reg have nothing to act on).
-ABLATION_BASE: dict[str, Any] = {"pretrained_sfe": True}
-CONTROL_DIRECT = {"model": {"estimator": "direct"}, "loss": {"joints_2d": 0.0, "mask": 0.0, "reg": 0.0}}
-ABLATION_ROWS: dict[str, dict[str, Any]] = {
-    "base": {},
-    "control_direct": CONTROL_DIRECT,
-    "t1_no_sfe": {"model": {"sfe": "none"}, "pretrained_sfe": False},
-    "t1_sfe_heatmaps": {"model": {"sfe": "heatmaps"}, "pretrained_sfe": False},
-    "t1_sfe_heatmaps_silhouette": {"pretrained_sfe": False},
-    "t2_ve_blocks_2": {"model": {"ve_blocks": 2}},
-    "t2_ve_blocks_5": {"model": {"ve_blocks": 5}},
-    "t2_ve1": {"model": {"ve_dense": "VE1"}},
-    "t2_ve3": {"model": {"ve_dense": "VE3"}},
-    "t3_pca_15": {"model": {"pca_comps": 15}},
-    "t3_pca_30": {"model": {"pca_comps": 30}},
-    "t3_no_reprojection": {"loss": {"joints_2d": 0.0, "mask": 0.0}},   # Table 3: joints and mesh re-projection
-    "t3_no_reg": {"loss": {"reg": 0.0}},
-    "t4_no_adapt_sum": {"model": {"skeleton_adaptation": False, "fusion": "sum"}},
-    "t4_adapt_sum": {"model": {"fusion": "sum"}},
-}
-#: The default profile's rows (its compute, issue 11 item 6): the base, the direct control and Table 1's largest
-#: switch (the paper's: no SFE, +1.94 mm), each with ``stats.seeds`` seeds. The paper profile runs every row.
-#: Every row trains at the main run's budget (``sweep.epochs: null``); base.seed0 is the main run itself
-#: (docs/statistics.md): 8 trials × 9 epochs × 288 images, the ablation sweep ~5.5 min on a 2-core CPU.
-DEFAULT_ROWS = {k: ABLATION_ROWS[k] for k in ("base", "control_direct", "t1_no_sfe")}
-
-#: Profiles of the sections outside trainers.config (whose own PROFILES fill model / loss / stages).
-PARAMS_PROFILES: dict[str, dict[str, Any]] = {
-    "default": {
-        # the pose set: 288 train + 32 val (model monitoring, the search) + 192 test (evaluate and the report only;
-        # 48 left the paired intervals dominated by the test images: docs/statistics.md "A working SFE")
-        # the SFE pretrains on the pose set's 288 train images (160 occluded any-view ObMan-like images taught a
-        # 2-minute SFE nothing that transfers: docs/statistics.md "A working SFE")
-        "data": {"sfe_on": "pose",
-                 "synthetic": {"height": 160, "width": 160, "obman": {"train": 160},
-                               "stb": {"train": 288, "val": 32, "test": 192}, "gestures": {"all": 192},
-                               "subjects": 4}},
-        "cv": {"folds": 10},
-        # every compared row: 3 seeds at the main run's budget (train.epochs; base.seed0 IS the main run, not
-        # trained twice); see README "Statistics"
-        "sweep": {"base": ABLATION_BASE, "rows": DEFAULT_ROWS, "epochs": None},
-        "stats": {"seeds": 3},
-    },
-    "paper": {
-        # §4.1: 141,550 ObMan images (SFE pretraining), STB-SK 15,000 / 3,000 (+ a generated val split of 750)
-        "data": {"synthetic": {"height": 480, "width": 640, "obman": {"train": 141550},
-                               "stb": {"train": 15000, "val": 750, "test": 3000}, "gestures": {"all": 1160},
-                               "subjects": 20}},
-        "cv": {"folds": 10},
-        "sweep": {"base": ABLATION_BASE, "rows": ABLATION_ROWS, "epochs": None, "gpus_per_trial": 0.25},
-        "stats": {"seeds": 1},
-    },
-}
-
-
 class Params(TrainConfig):
     """The whole params.yaml (module docstring): the training sections of :class:`TrainConfig` (profile,
     model, loss, sfe, train, gesture, classifier; its profiles) plus the platform's sections below."""
@@ -251,10 +238,6 @@ class Params(TrainConfig):
     mlflow: MlflowSection = MlflowSection()
 
     @classmethod
-    def profile_defaults(cls, profile: str) -> dict[str, Any]:
-        return merge(TRAIN_PROFILES[profile], PARAMS_PROFILES[profile])
-
-    @classmethod
     def merge_profile(cls, defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         merged = merge(defaults, data)
         # named collections a file states replace the profile's (a file listing two ablation rows runs two)
@@ -267,17 +250,40 @@ class Params(TrainConfig):
 
     @model_validator(mode="after")
     def _check(self) -> Params:
-        for name in self.sweep.rows:
-            row = self.sweep.rows[name]
-            unknown = set(row) - {"model", "loss", "train", "pretrained_sfe"}
+        rows = self.sweep.rows
+        for name, row in rows.items():
+            unknown = set(row) - set(ROW_KEYS)
             if unknown:
                 raise ValueError(f"sweep.rows.{name}: unknown section(s) {sorted(unknown)} "
-                                 "(allowed: model, loss, train, pretrained_sfe)")
+                                 f"(allowed: {', '.join(ROW_KEYS)})")
+            if "from" in row and row["from"] not in rows:
+                raise ValueError(f"sweep.rows.{name}.from: no row {row['from']!r} (rows: {', '.join(rows)})")
+            self._lineage(name)   # a cycle of `from` is one line too
+        if rows and "base" not in rows and any("from" not in r for r in rows.values()):
+            raise ValueError("sweep.rows: a row without `from` is compared with `base`, and there is no row 'base'")
         if self.data.source == "real":
             for ds in ("obman", "stb"):
                 if getattr(self.data, ds).root is None:
                     raise ValueError(f"data.{ds}.root must be set when data.source is 'real'")
+            if self.model.mano_path is None and not self.data.allow_proxy_hand:
+                raise ValueError("model.mano_path: data.source is 'real' but no MANO file is set: point it at the "
+                                 "official MANO_RIGHT.pkl (or its folder); data.allow_proxy_hand: true trains the "
+                                 "license-free proxy hand instead (Table 3's PCA rows then vary a synthetic basis)")
         return self
+
+    def _lineage(self, row: str) -> list[str]:
+        """``[row, its from, that row's from, ...]`` (ValueError on a cycle)."""
+        chain = [row]
+        while "from" in self.sweep.rows.get(chain[-1], {}):
+            nxt = self.sweep.rows[chain[-1]]["from"]
+            if nxt in chain:
+                raise ValueError(f"sweep.rows.{row}.from: a cycle ({' -> '.join([*chain, nxt])})")
+            chain.append(nxt)
+        return chain
+
+    def row_base(self, row: str) -> str:
+        """The row ``row`` is compared with: its ``from``, else ``base`` (``base`` itself: ``base``)."""
+        return str(self.sweep.rows.get(row, {}).get("from", "base"))
 
     # ---------------------------------------------------------------- views used by the stages
     def train_config(self, overrides: dict | None = None) -> TrainConfig:
@@ -285,11 +291,14 @@ class Params(TrainConfig):
         return self.training().with_overrides(overrides)
 
     def ablation_config(self, row: str, seed_index: int = 0) -> tuple[TrainConfig, bool]:
-        """(TrainConfig, start from the pretrained SFE?) of ablation row ``row`` (main configuration + base + row
-        overrides, ``sweep.epochs``), trained with seed ``train.seed + seed_index`` (one of ``stats.seeds``)."""
+        """(TrainConfig, start from the pretrained SFE?) of ablation row ``row`` (main configuration + base + the
+        overrides of the rows it comes ``from``, then its own; ``sweep.epochs``), trained with seed
+        ``train.seed + seed_index`` (one of ``stats.seeds``)."""
         if row not in self.sweep.rows:
             raise ParamsError(f"params.yaml: sweep.rows: no row {row!r} (rows: {', '.join(self.sweep.rows)})")
-        spec = merge(self.sweep.base, self.sweep.rows[row])
+        spec = dict(self.sweep.base)
+        for name in reversed(self._lineage(row)):   # the root row's overrides first, then each `from` descendant's
+            spec = merge(spec, {k: v for k, v in self.sweep.rows[name].items() if k != "from"})
         pretrained = bool(spec.pop("pretrained_sfe", False))
         if self.sweep.epochs is not None:
             spec = merge(spec, {"train": {"epochs": self.sweep.epochs}})
@@ -308,11 +317,15 @@ class Params(TrainConfig):
         return GESTURE_DATASETS[self.data.source]
 
     def reader_options(self, name: str) -> dict[str, Any]:
-        """Constructor options of dataset ``name``'s reader: ``data.obman.mode``, ``data.stb.palm_to_wrist``."""
+        """Constructor options of dataset ``name``'s reader: ``data.obman.mode``, ``data.stb.palm_to_wrist``,
+        ``data.rwth.signers`` / ``sessions`` / ``camera``."""
         if name == "obman":
             return {"mode": self.data.obman.mode}
         if name == "stb":
             return {"palm_to_wrist": self.data.stb.palm_to_wrist}
+        if name == "rwth":
+            r = self.data.rwth
+            return {"signers": list(r.signers), "sessions": list(r.sessions), "camera": r.camera}
         return {}
 
     def dataset_root(self, name: str) -> Path:
@@ -347,8 +360,9 @@ def load_params(path: str | os.PathLike = "params.yaml", overrides: dict | None 
 
 #: One comment line per section, written above it in params.yaml.
 SECTION_NOTES = {
-    "data": "source synthetic|real; real roots: ObMan, STB (SK), RWTH, Senz3D (see README); val_fraction: the "
-            "share of a real train split held out as val (synthetic sets generate a val split)",
+    "data": "source synthetic|real; real roots: ObMan, STB (SK), RWTH, Senz3D (see README); real data needs "
+            "model.mano_path (allow_proxy_hand: true opts in to the proxy hand); STB's val: one whole held-out "
+            "sequence (stb.val_sequence); val_fraction: the held-out share of another real train split",
     "prepare": "§3.1 crop enlargement, §3.5 heatmap sigma and GrabCut iterations/processes "
                "(the crop side is model.image_size)",
     "model": "every switch of Tables 1-4 (sfe, fusion, ve_blocks, ve_dense, pca_comps, skeleton_adaptation); "
@@ -369,7 +383,8 @@ SECTION_NOTES = {
     "mlflow": "null = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db",
 }
 #: Keys a user sets for their machine: kept when ``write_params`` switches profile.
-LOCAL_KEYS = ("data.source", "data.obman.root", "data.stb.root", "data.rwth.root", "data.senz3d.root",
+LOCAL_KEYS = ("data.source", "data.allow_proxy_hand", "data.obman.root", "data.stb.root", "data.rwth.root",
+              "data.senz3d.root",
               "model.mano_path", "ray.address", "ray.storage_path", "mlflow.tracking_uri")
 
 

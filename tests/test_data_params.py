@@ -18,11 +18,13 @@ SMALL = {"model": {"image_size": 32}}
 
 
 def _params(obman_dir: Path, stb_dir: Path, **data) -> Params:
-    base = {"source": "real", "obman": {"root": str(obman_dir)}, "stb": {"root": str(stb_dir)}}
+    # these tests read real-layout fixtures without the MANO file: the explicit opt-in to the proxy hand
+    base = {"source": "real", "allow_proxy_hand": True, "obman": {"root": str(obman_dir)},
+            "stb": {"root": str(stb_dir)}}
     return Params.model_validate({**SMALL, "data": {**base, **data}})
 
 
-@pytest.mark.parametrize("mode, count", [("hand_object", 3), ("hand", 3), ("all", 6)])
+@pytest.mark.parametrize("mode, count", [("rgb", 3), ("rgb_hand", 3), ("rgb+rgb_hand", 6)])
 def test_obman_mode_reaches_the_reader(obman_root: Path, stb_root: Path, tmp_path: Path,  # noqa: F811
                                        monkeypatch: pytest.MonkeyPatch, mode: str, count: int) -> None:
     monkeypatch.chdir(tmp_path)
@@ -31,8 +33,8 @@ def test_obman_mode_reaches_the_reader(obman_root: Path, stb_root: Path, tmp_pat
     manifest = read_manifest(split)
     assert manifest["count"] == count and manifest["params"]["mode"] == mode
     keys = [PreparedDataset(split).key(i) for i in range(count)]
-    assert any("/rgb_hand/" in k for k in keys) == (mode != "hand_object")
-    assert all("/rgb_hand/" in k for k in keys) == (mode == "hand")
+    assert any("/rgb_hand/" in k for k in keys) == (mode != "rgb")
+    assert all("/rgb_hand/" in k for k in keys) == (mode == "rgb_hand")
 
 
 def test_stb_palm_to_wrist_reaches_the_reader(obman_root: Path, stb_root: Path, tmp_path: Path,  # noqa: F811

@@ -61,6 +61,14 @@ def _check_disjoint_cover(folds, n):
         assert train.dtype.kind == "i" and np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0)
 
 
+def _test_counts(folds, n):
+    """How many folds test each sample."""
+    c = np.zeros(n, int)
+    for _, test in folds:
+        c[test] += 1
+    return c
+
+
 def test_stratified_splits_sizes_stratification_determinism():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 7, 283)
@@ -70,55 +78,103 @@ def test_stratified_splits_sizes_stratification_determinism():
     _check_disjoint_cover(folds, len(labels))
     counts = np.bincount(labels)
     for train, test in folds:
-        assert len(test) == round(0.2 * len(labels))
+        assert abs(len(test) - 0.2 * len(labels)) < 1          # 80/20 (to within one sample)
         tc = np.bincount(labels[test], minlength=len(counts))
         assert np.all(np.abs(tc - 0.2 * counts) < 1.0)      # stratified to within one sample per class
         assert np.all(np.bincount(labels[train], minlength=len(counts)) >= 1)
+    assert max(len(t) for _, t in folds) - min(len(t) for _, t in folds) <= 1
     tests = {tuple(t) for _, t in folds}
     assert len(tests) == 10                                  # different random test sets
     again = cv_splits(labels, k=10, test_fraction=0.2, seed=0)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
     other = cv_splits(labels, k=10, test_fraction=0.2, seed=1)
     assert not np.array_equal(folds[0][1], other[0][1])
-    # a fold depends only on (seed, fold index): the first folds of k=3 are those of k=10
+    # a fold depends only on (seed, repetition): the first folds of k=3 are those of k=10
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(cv_splits(labels, k=3), folds[:3], strict=False))
+
+
+def test_stratified_test_sets_overlap_as_documented():
+    """10 × 20 %: two repetitions of 5 disjoint test fifths; every sample tested exactly twice, once per
+    repetition; test sets of different repetitions overlap only at random."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 30, 1160)                       # RWTH-sized
+    folds = cv_splits(labels, k=10, test_fraction=0.2, seed=0)
+    n = len(labels)
+    for rep in (folds[:5], folds[5:]):
+        assert np.array_equal(_test_counts(rep, n), np.ones(n, int))     # a partition: disjoint, covering
+    assert np.array_equal(_test_counts(folds, n), np.full(n, 2))          # the least overlap 200 % allows
+    cross = [len(np.intersect1d(a[1], b[1])) / len(a[1]) for a in folds[:5] for b in folds[5:]]
+    assert 0.1 < np.mean(cross) < 0.3 and max(cross) < 0.5                # ≈ 20 %: a new random partition
+    assert not any(np.array_equal(a[1], b[1]) for a in folds[:5] for b in folds[5:])
+    # a count that is not a multiple of 5: the last repetition is partial, still disjoint
+    seven = cv_splits(labels, k=7, seed=0)
+    assert len(seven) == 7 and set(_test_counts(seven[5:], n)) <= {0, 1}
+    # a fraction that is not 1/m: m = 3 disjoint 30 % test sets per repetition, 10 % untested in it
+    thirty = cv_splits(labels, k=3, test_fraction=0.3, seed=0)
+    assert set(_test_counts(thirty, n)) == {0, 1} and all(abs(len(t) - 0.3 * n) <= 1 for _, t in thirty)
+
+
+def test_describe_folds():
+    from keyhand.model.gesture import describe_folds
+
+    assert describe_folds("stratified", 10, 0.2) == ("10 stratified random 80/20 folds: 2 repetitions of 5 disjoint "
+                                                      "stratified test sets (each sample tested once per repetition)")
+    assert describe_folds("subject", 10, n_subjects=4).startswith("leave-one-subject-out: 4 folds = min(cv.folds 10, "
+                                                                  "4 subjects), each subject in exactly one test fold")
+    assert describe_folds("subject", 10, n_subjects=20).startswith("leave-2-subjects-out: 10 folds")
+    with pytest.raises(ValueError, match="mode must be"):
+        describe_folds("kfold", 10)
 
 
 def test_stratified_keeps_a_training_sample_per_class():
     labels = np.array([0, 0, 1, 1, 2])
     for train, _test in cv_splits(labels, k=5, test_fraction=0.6):
         assert set(labels[train]) == {0, 1, 2}
+    for train, _test in cv_splits(labels, k=10, test_fraction=0.2):
+        assert set(labels[train]) == {0, 1, 2}
+
+
+def _check_subject_folds(folds, subjects, expected, k=10):
+    from keyhand.model.gesture import subject_fold_count
+
+    assert len(folds) == expected == subject_fold_count(subjects, k) == min(k, len(set(subjects)))
+    _check_disjoint_cover(folds, len(subjects))
+    tested = [s for _, test in folds for s in set(subjects[test])]
+    assert sorted(tested) == sorted(set(subjects))                       # every subject in exactly one test fold
+    for train, test in folds:
+        assert not set(subjects[train]) & set(subjects[test])            # train and test subject-disjoint
 
 
 def test_subject_splits_rwth_like():
     subjects = np.repeat(np.arange(20), 30)
     labels = np.tile(np.arange(30), 20)
     folds = cv_splits(labels, k=10, subjects=subjects, mode="subject", seed=3)
-    assert len(folds) == 10
-    _check_disjoint_cover(folds, len(labels))
-    for train, test in folds:
-        assert not set(subjects[train]) & set(subjects[test])            # subject exclusivity
-        assert len(test) / len(labels) == pytest.approx(0.2)            # 4 of 20 equal subjects
-        assert np.all(np.bincount(labels[test], minlength=30) == 4)     # every subject does every gesture
-    first_round = np.concatenate([t for _, t in folds[:5]])
-    assert np.array_equal(np.sort(first_round), np.arange(len(labels)))  # 5 folds test each subject once
+    _check_subject_folds(folds, subjects, 10)                            # min(10 folds, 20 signers)
+    for _, test in folds:
+        assert len(set(subjects[test])) == 2                             # 2 of 20 equal signers per fold
+        assert np.all(np.bincount(labels[test], minlength=30) == 2)     # every subject does every gesture
     again = cv_splits(labels, k=10, subjects=subjects, mode="subject", seed=3)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
+    other = cv_splits(labels, k=10, subjects=subjects, mode="subject", seed=4)
+    assert {frozenset(subjects[t]) for _, t in other} != {frozenset(subjects[t]) for _, t in folds}
+    # 5 folds asked: 4 signers per fold (20 %)
+    _check_subject_folds(cv_splits(labels, k=5, subjects=subjects, mode="subject"), subjects, 5, k=5)
 
 
 def test_subject_splits_senz3d_four_subjects():
     subjects = np.repeat([10, 11, 12, 13], 33)
     labels = np.tile(np.arange(11), 12)
     folds = cv_splits(labels, k=10, subjects=subjects, mode="subject")
-    per_fold = [set(subjects[t]) for _, t in folds]
-    assert all(len(s) == 1 for s in per_fold)                            # 25 %: one subject per fold
-    assert set().union(*per_fold[:4]) == {10, 11, 12, 13}                 # each round is leave-one-subject-out
-    # unequal subjects: groups approach 20 % and stay exclusive
+    _check_subject_folds(folds, subjects, 4)                             # leave-one-subject-out, not 10 folds
+    assert [len(set(subjects[t])) for _, t in folds] == [1, 1, 1, 1]
+    # unequal subjects: min(k, 6) groups of near-equal size, each subject tested once
     subjects = np.repeat(np.arange(6), [50, 10, 10, 40, 30, 60])
     labels = np.zeros(len(subjects), int)
-    for train, test in cv_splits(labels, k=6, subjects=subjects, mode="subject"):
-        assert not set(subjects[train]) & set(subjects[test])
-        assert 0.04 < len(test) / len(labels) < 0.4
+    folds = cv_splits(labels, k=3, subjects=subjects, mode="subject")
+    assert len(folds) == 3
+    _check_disjoint_cover(folds, len(subjects))
+    assert sorted(s for _, t in folds for s in set(subjects[t])) == list(range(6))
+    assert sorted(len(t) for _, t in folds) == [60, 70, 70]             # greedy largest-first balancing
 
 
 def test_cv_split_errors():
@@ -126,6 +182,8 @@ def test_cv_split_errors():
         cv_splits([0, 1, 0, 1], mode="subject")
     with pytest.raises(ValueError, match=">= 2 subjects"):
         cv_splits([0, 1, 0, 1], subjects=[1, 1, 1, 1], mode="subject")
+    with pytest.raises(ValueError, match="k >= 2"):
+        cv_splits([0, 1, 0, 1], k=1, subjects=[1, 1, 2, 2], mode="subject")
     with pytest.raises(ValueError, match="negative ids"):
         cv_splits([0, -1, 1])
     with pytest.raises(ValueError, match="test_fraction"):

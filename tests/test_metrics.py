@@ -287,3 +287,24 @@ def test_gesture_metrics_hand_computed():
         confusion_matrix([0, 1], [0, 5], labels=[0, 1])
     with pytest.raises(ValueError, match="differ in length"):
         accuracy([0, 1], [0])
+
+
+def test_table5_auc_is_hand3d_stb_protocol_palm_root_and_gt_scale() -> None:
+    """hand3d's eval_full.py (lmb-freiburg/hand3d, a6215d1) evaluates STB with use_wrist_coord=False (keypoint 0
+    = STB's palm centre, the ground truth centred on it) and multiplies the scale-free prediction by the ground
+    truth's middle MCP -> PIP length. keyhand's STB joint 0 is the wrist extrapolated from the palm: palm_rooted
+    must recover STB's palm exactly, and a prediction that is right up to its global size scores a perfect
+    hand3d-STB AUC while the wrist-rooted AUC (no scale given) does not."""
+    from keyhand.data.stb import palm_to_wrist
+    from keyhand.metrics import palm_rooted, pose_metrics
+
+    rng = np.random.default_rng(0)
+    stb_palm_rooted = rng.normal(0, 40, (5, 21, 3))            # joint 0 = STB's palm centre
+    wrist_rooted = palm_to_wrist(stb_palm_rooted)               # what the STB reader gives the network
+    np.testing.assert_allclose(palm_rooted(wrist_rooted), stb_palm_rooted, atol=1e-9)
+    pred = 0.7 * wrist_rooted + 5.0                             # right shape, wrong size and origin
+    m = pose_metrics(pred, wrist_rooted)
+    assert m["auc_hand3d_stb"] == pytest.approx(1.0) and m["epe_hand3d_stb_mean"] == pytest.approx(0.0, abs=1e-9)
+    assert m["auc"] < 0.9 and m["epe_mean"] > 5
+    noisy = pose_metrics(wrist_rooted + rng.normal(0, 15, wrist_rooted.shape), wrist_rooted)
+    assert 0 < noisy["auc_hand3d_stb"] < 1 and noisy["epe_hand3d_stb_mean"] > 5

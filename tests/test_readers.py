@@ -5,8 +5,10 @@ the synthetic sets' ground-truth meshes."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -17,14 +19,14 @@ import scipy.io
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from keyhand.data.cache import PreparedDataset
+from keyhand.data.cache import PreparedDataset, read_manifest
 from keyhand.data.obman import OBMAN_INTRINSICS, ObManReader
 from keyhand.data.prepare import box_to_crop, prepare_split, read_split_vertices
 from keyhand.data.readers import READERS, DatasetReader, holdout_split, open_dataset, project
 from keyhand.data.record import JOINT_NAMES, AnnotationError, DatasetError, DatasetNotFoundError, HandSample
 from keyhand.data.rwth import RWTH_STATIC, RWTHReader
 from keyhand.data.senz3d import Senz3DReader
-from keyhand.data.stb import SK_COLOR_INTRINSICS, STBReader
+from keyhand.data.stb import SEQUENCES, SK_COLOR_INTRINSICS, STBReader
 
 J = JOINT_NAMES.index
 FINGERS = ("thumb", "index", "middle", "ring", "little")
@@ -135,8 +137,8 @@ def test_obman_counts_modes_and_keys(obman_root: Path) -> None:
     assert [len(ObManReader(obman_root, s)) for s in ("train", "val", "test")] == [3, 1, 2]
     r = ObManReader(obman_root, "train")
     assert r.keys == [f"train/rgb/{i:08d}.jpg" for i in range(3)]
-    assert len(ObManReader(obman_root, "train", mode="hand")) == 3
-    both = ObManReader(obman_root, "train", mode="all")
+    assert len(ObManReader(obman_root, "train", mode="rgb_hand")) == 3
+    both = ObManReader(obman_root, "train", mode="rgb+rgb_hand")
     assert len(both) == 6 and sum(k.startswith("train/rgb_hand/") for k in both.keys) == 3
 
 
@@ -153,7 +155,7 @@ def test_obman_conversion(obman_root: Path) -> None:
     np.testing.assert_allclose(s.joints_2d, uv, atol=1e-3)
     assert s.mask.sum() == 16 and s.mask[3, 3] == 1 and s.mask[9, 9] == 0   # hand label only, channel 0
     assert s.extra["verts_3d"].shape == (778, 3) and s.extra["class_id"] == "02876657"
-    assert ObManReader(obman_root, "test", mode="hand")[0].mask.sum() == 64  # channel 1
+    assert ObManReader(obman_root, "test", mode="rgb_hand")[0].mask.sum() == 64  # channel 1
 
 
 def test_obman_cam_extr_from_meta(obman_root: Path) -> None:
@@ -296,7 +298,7 @@ def rwth_root(tmp_path: Path) -> Path:
     (root / "images").mkdir(parents=True)
     (root / "video").mkdir()
     for signer in (1, 2):
-        for gid in (1, 2, 27):                   # A, B, SCH
+        for gid in (1, 2, 30):                   # A, B, SCH (the database's ids: 27-29 are Ä, Ö, Ü)
             for session in (1, 2):
                 Image.fromarray(skin_scene()).save(root / "images" / f"{signer}_{gid}_{session}_cam1.png")
     Image.fromarray(skin_scene()).save(root / "images" / "1_10_1_cam1.png")   # J: motion, excluded
@@ -317,7 +319,7 @@ def test_rwth_classes_subjects_and_split(rwth_root: Path) -> None:
     assert len(RWTHReader(rwth_root, "all", static_only=False)) == 13   # + J (motion) of cam1
     with pytest.raises(ValueError, match="camera must be"):
         RWTHReader(rwth_root, "all", camera="webcam")
-    s = r[r.keys.index("images/2_27_1_cam1.png")]
+    s = r[r.keys.index("images/2_30_1_cam1.png")]
     assert (s.gesture, s.gesture_name, s.subject) == (RWTH_STATIC.index("SCH"), "SCH", "P02")
     assert s.joints_3d is None and s.extra["session"] == 1 and s.extra["camera"] == "cam1"
     assert r[r.keys.index("images/1_1_2_cam1.png")].gesture == 0 and len(RWTH_STATIC) == 30
@@ -475,3 +477,235 @@ def test_synthetic_ground_truth_mesh_through_preparation(tmp_path: Path) -> None
     with pytest.warns(UserWarning, match="no ground-truth meshes"):
         _, stats = prepare_split(SyntheticReader(root, "test"), tmp_path / "prep", image_size=64)
     assert stats.meshes == 0 and read_split_vertices(tmp_path / "prep") is None
+
+
+# ------------------------------------------------------------------- issue 19: the datasets as downloaded
+#: The RWTH download's id list spells the gestures this way (27-30 and 31-35 as the database numbers them).
+RWTH_DOWNLOAD_IDS = [*"ABCDEFGHIJKLMNOPQRSTUVWXYZ", "AE", "OE", "UE", "SCH", "One", "Two", "Three", "Four", "Five"]
+
+
+def write_video(path: Path, frames: int = 5, size: tuple[int, int] = (32, 24)) -> None:
+    """A short MPEG-1 program stream (``.mpg``, the RWTH download's container) of increasing grey."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"PIM1"), 25, size)
+    for k in range(frames):
+        writer.write(np.full((size[1], size[0], 3), 40 * k, np.uint8))
+    writer.release()
+
+
+def write_id_list(path: Path, lines: list[str], encoding: str = "utf-8") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes("\r\n".join(lines).encode(encoding) + b"\r\n")
+
+
+def test_rwth_database_numbering_27_ae_28_oe_29_ue_30_sch(tmp_path: Path) -> None:
+    """The database numbers its signs 1-26 = A-Z, 27 = AE (Ä), 28 = OE (Ö), 29 = UE (Ü), 30 = SCH, 31-35 = one..five
+    (issue 19 item 1, from the download's id list). Layout: the database page (fingerspelling.php: 35 gestures,
+    video sequences) and SignCLIP's RWTH loader (RWTHFSMetaProcessor: ``<signer>_<letter_id>_<seq_id>_<camera>.mpg``,
+    the id list ``gesture_ids.txt`` read line by line as ``N = NAME``)."""
+    root = tmp_path / "rwth"
+    for gid in (1, 27, 28, 29, 30, 31, 35):
+        write_video(root / "video" / f"1_{gid}_1_cam1.mpg")
+    names = lambda r: {k.split("_")[1]: r[i].gesture_name for i, k in enumerate(r.keys)}  # noqa: E731
+    static, every = RWTHReader(root, "all"), RWTHReader(root, "all", static_only=False)
+    assert names(static) == {"1": "A", "30": "SCH", "31": "1", "35": "5"}      # Ä, Ö, Ü (motion) left out
+    assert names(every) == {"1": "A", "27": "Ä", "28": "Ö", "29": "Ü", "30": "SCH", "31": "1", "35": "5"}
+    assert static[static.keys.index("video/1_30_1_cam1.mpg")].gesture == RWTH_STATIC.index("SCH")
+    # the download's own id list, read as it is: AE/OE/UE/SCH/One..Five, any case, CRLF, the separators seen
+    lines = [f"{i} = {n}" for i, n in enumerate(RWTH_DOWNLOAD_IDS, 1)]
+    lines[27], lines[28], lines[30] = "28=oe", "29:\tUe", "31\tONE"
+    write_id_list(root / "gesture_ids.txt", lines)
+    assert names(RWTHReader(root, "all", static_only=False)) == names(every)
+    lines[26] = "27 = Ä"                                                       # a Latin-1 list naming the umlaut
+    write_id_list(root / "gesture_ids.txt", lines, encoding="latin-1")
+    assert names(RWTHReader(root, "all", static_only=False)) == names(every)
+    lines[35:] = ["36 = Eszett"]
+    write_id_list(root / "gesture_ids.txt", lines)
+    with pytest.raises(AnnotationError, match=r"gesture_ids\.txt: line 36 must read 'N = NAME'") as err:
+        RWTHReader(root, "all")
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture
+def rwth_download(tmp_path: Path) -> Path:
+    """The download as the database page describes it and issue 19 counted it: signers 1-20 in sessions 1 and 2,
+    signers 23-26 in session 1 only, both cameras (here signers 1, 2, 20, 23, 26 and signs A, SCH)."""
+    root = tmp_path / "rwth"
+    for signer in (1, 2, 20, 23, 26):
+        for session in ((1,) if signer > 20 else (1, 2)):
+            for gid in (1, 30):
+                for cam in ("cam1", "cam2"):
+                    write_video(root / "video" / f"{signer}_{gid}_{session}_{cam}.mpg", frames=3)
+    write_id_list(root / "gesture_ids.txt", [f"{i} = {n}" for i, n in enumerate(RWTH_DOWNLOAD_IDS, 1)])
+    return root
+
+
+def test_rwth_paper_signers_sessions_camera_filters_and_summary(rwth_download: Path) -> None:
+    """Default: the paper's 20 individuals (signers 1-20), both sessions, cam1; each filter a reader option (and a
+    params key, data.rwth.signers / sessions / camera); the summary line sets what was kept beside §4.1.3's
+    1,160 and 928/232. Layout: the database page and SignCLIP's RWTH loader (see the numbering test)."""
+    from pipeline.params import Params
+
+    r = RWTHReader(rwth_download, "all")
+    assert len(r) == 3 * 2 * 2                                                  # signers 1, 2, 20 x 2 sessions x A, SCH
+    assert {s.subject for s in r} == {"P01", "P02", "P20"} and {s.extra["camera"] for s in r} == {"cam1"}
+    assert len(RWTHReader(rwth_download, "all", signers=None)) == 12 + 2 * 2  # + 23 and 26 (session 1 only)
+    assert len(RWTHReader(rwth_download, "all", sessions=[1])) == 3 * 2
+    assert len(RWTHReader(rwth_download, "all", camera="both")) == 24
+    line = r.summary()
+    assert "12 sequences kept" in line and "signers 1-2, 20" in line and "80/20 hold-out 10/2" in line
+    assert "1,160 images, 928/232" in line and "found signers 1-2, 20, 23, 26" in line and "\n" not in line
+    with pytest.raises(DatasetError, match=r"no sequence under .* matches signers 21.*found signers 1-2, 20, 23, 26"):
+        RWTHReader(rwth_download, "all", signers=[21])
+    with pytest.raises(ValueError, match="rwth: signers must be positive integers"):
+        RWTHReader(rwth_download, "all", signers=[0])
+    options = Params().reader_options("rwth")                                 # params defaults = the paper's
+    assert options == {"signers": list(range(1, 21)), "sessions": [1, 2], "camera": "cam1"}
+    assert RWTHReader(rwth_download, "all", **options).keys == r.keys
+    mine = Params.model_validate({"data": {"rwth": {"signers": [23, 26], "sessions": [1], "camera": "both"}}})
+    assert len(RWTHReader(rwth_download, "all", **mine.reader_options("rwth"))) == 2 * 2 * 2
+
+
+def test_rwth_nested_video_folders_and_root_above_the_archive(tmp_path: Path) -> None:
+    """video/ may hold subfolders, and the root may be the folder the archive was unpacked into (one level above
+    it), or video/ itself; the id list is found beside video/. Layout: the database page's download (video/,
+    gesture_ids.txt, the i6_data_P20_*.txt lists, scripts/) and SignCLIP's RWTH loader's file names."""
+    downloads = tmp_path / "downloads"
+    archive = downloads / "fingerspelling"
+    write_video(archive / "video" / "signer01" / "1_1_1_cam1.mpg")
+    write_video(archive / "video" / "signer02" / "2_30_2_cam1.mpg")
+    (archive / "i6_data_P20_BOTH.txt").write_text("1_1_1_cam1\n2_30_2_cam1\n")
+    write_image(archive / "scripts" / "setup.png")                          # not a sequence: outside video/, images/
+    write_id_list(archive / "gesture_ids.txt", [f"{i} = {n}" for i, n in enumerate(RWTH_DOWNLOAD_IDS, 1)])
+    above = RWTHReader(downloads, "all")
+    assert above.keys == ["fingerspelling/video/signer01/1_1_1_cam1.mpg",
+                          "fingerspelling/video/signer02/2_30_2_cam1.mpg"]
+    assert [s.gesture_name for s in above] == ["A", "SCH"]
+    s = above[0]
+    assert s.image.shape == (24, 32, 3) and s.extra["frame"] == 2 and abs(float(s.image.mean()) - 80) < 6
+    assert len(RWTHReader(archive, "all")) == 2 and len(RWTHReader(archive / "video", "all")) == 2
+    write_id_list(archive / "gesture_ids.txt", ["1 A"] + ["x"])                # the nested list is the one read
+    with pytest.raises(AnnotationError, match=r"fingerspelling/gesture_ids\.txt: line 2"):
+        RWTHReader(downloads, "all")
+    with pytest.raises(DatasetNotFoundError, match=r"no video/ \(nor images/\) folder with sequences under"):
+        RWTHReader(archive / "scripts", "all")
+
+
+def test_obman_modes_name_the_folders_they_read(obman_root: Path) -> None:
+    """The paper's 141,550 are ObMan's train rgb/ (one image per meta file): the default. Layout: obman_train's
+    handobjectdatasets/obman.py (index = meta/ listing; mode all/hand/obj reads rgb/, rgb_hand/, rgb_obj/ with segm
+    channel 0/1/2)."""
+    from pydantic import ValidationError
+
+    from pipeline.params import Params
+
+    n_meta = len(list((obman_root / "train" / "meta").glob("*.pkl")))
+    r = ObManReader(obman_root, "train")
+    assert r.mode == "rgb" and len(r) == n_meta and all(k.startswith("train/rgb/") for k in r.keys)
+    assert len(ObManReader(obman_root, "train", mode="rgb+rgb_hand")) == 2 * n_meta
+    assert Params().data.obman.mode == "rgb" and Params().reader_options("obman") == {"mode": "rgb"}
+    for old, new in (("hand_object", "rgb"), ("hand", "rgb_hand"), ("all", "rgb+rgb_hand")):
+        with pytest.raises(ValueError, match=rf"obman: mode '{old}' was renamed '{re.escape(new)}'"):
+            ObManReader(obman_root, "train", mode=old)
+        with pytest.raises(ValidationError, match=rf"'{old}' was renamed '{re.escape(new)}'"):
+            Params.model_validate({"data": {"obman": {"mode": old}}})
+    assert "3 images" in r.summary() and "141,550" in r.summary()
+
+
+def truncated_jpeg(path: Path, size: int = 16) -> None:
+    """A JPEG cut short inside its entropy-coded data (header intact), as a partial download leaves it."""
+    noise = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=100)
+    data = path.read_bytes()
+    scan = data.index(b"\xff\xda")                                           # start of scan
+    path.write_bytes(data[: scan + (len(data) - scan) // 2])
+
+
+def test_obman_truncated_jpeg_read_as_obmans_loader_does(obman_root: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """ObMan's own loader (obman_train handobjectdatasets/obman.py) sets ``ImageFile.LOAD_TRUNCATED_IMAGES = True``:
+    a truncated rgb/ JPEG is read (and counted, in the log and the summary), not refused; a file that is not an
+    image at all still follows data.on_corrupt. Layout: that loader's (see the modes test)."""
+    bad = obman_root / "train" / "rgb" / "00000001.jpg"
+    truncated_jpeg(bad)
+    with pytest.raises(OSError, match="truncated"):                          # PIL alone refuses it
+        Image.open(bad).load()
+    r = ObManReader(obman_root, "train")
+    with caplog.at_level(logging.WARNING, logger="keyhand.data.obman"):
+        s = r[1]
+        r[1]                                                                   # read twice, counted once
+    assert s.image.shape == (16, 16, 3) and r.truncated == [str(bad)]
+    assert "1 truncated JPEG(s)" in r.summary()
+    assert [m for m in caplog.messages if "truncated JPEG" in m and bad.name in m and "1 truncated so far" in m]
+    ObManReader(obman_root, "train").scan()                                   # "fail": not an error
+    skipping = ObManReader(obman_root, "train", on_corrupt="skip")
+    assert len(skipping) == 3 and skipping.skipped == [] and skipping.truncated == [str(bad)]
+    garbage = obman_root / "train" / "rgb" / "00000002.jpg"
+    corrupt(garbage)                                                           # not an image: on_corrupt applies
+    with pytest.raises(DatasetError, match="00000002.jpg: corrupt or unreadable"):
+        ObManReader(obman_root, "train")[2]
+    check_skip_policy(lambda **kw: ObManReader(obman_root, "train", **kw), garbage, 3)
+
+
+def test_stb_sequence_folders_under_the_root(stb_root: Path) -> None:
+    """The common copies of STB keep each sequence folder directly under the root, labels in root/labels/ (issue 19);
+    the README's layout is root/images/<seq>/ (github.com/zhjwustc/icip17_stereo_hand_pose_dataset). Detected per
+    sequence; a sequence with neither stops with one line naming both."""
+    for seq in ("B1Counting", "B3Random"):
+        (stb_root / "images" / seq).rename(stb_root / seq)
+    test = STBReader(stb_root, "test")
+    assert test.keys == [f"B1Counting/SK_color_{i}.png" for i in range(2)] + \
+        [f"images/B1Random/SK_color_{i}.png" for i in range(2)]
+    assert all(s.image.shape == (12, 16, 3) for s in test)                     # no "image file missing"
+    train = STBReader(stb_root, "train")
+    assert len(train) == 20 and "B3Random/SK_color_0.png" in train.keys
+    assert train.sequences.count("B3Random") == 2 and set(train.sequences) == set(SEQUENCES["train"])
+    (stb_root / "B1Counting").rename(stb_root / "elsewhere")
+    with pytest.raises(DatasetNotFoundError, match=r"no image folder for sequence B1Counting: neither .*images/"
+                                                   r"B1Counting nor .*stb/B1Counting exists") as err:
+        STBReader(stb_root, "test")
+    assert "\n" not in str(err.value)
+
+
+def test_senz3d_root_is_the_unpacked_folder_or_acquisitions(senz_root: Path, tmp_path: Path) -> None:
+    """The archive unpacks into senz3d_dataset/acquisitions/S*/G*/ (the dataset's readme; its users read e.g.
+    senz3d_dataset/acquisitions/S1/G11/30-color.png): either folder is a root, with the same keys."""
+    unpacked = tmp_path / "senz3d_dataset"
+    unpacked.mkdir()
+    senz_root.rename(unpacked / "acquisitions")
+    (unpacked / "readme.txt").write_text("r-depth.bin: Senz3D depth map raw (320 x 240 short 16 bit)\n")
+    a, b = Senz3DReader(unpacked, "all"), Senz3DReader(unpacked / "acquisitions", "all")
+    assert len(a) == 12 and a.keys == b.keys and a.keys[0] == "S1/G1/1-color.png"
+    assert a[0].depth.shape == (240, 320)
+    with pytest.raises(DatasetNotFoundError, match=r"no S1..S4 folders in .* nor in .*acquisitions"):
+        Senz3DReader(tmp_path, "all")
+
+
+def test_stb_val_is_one_whole_held_out_training_sequence(stb_root: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pose role's val split on STB is data.stb.val_sequence, whole: its frames leave train, and no val frame's
+    sequence appears in train (consecutive frames are near-duplicates). Through the prepare stage."""
+    from pydantic import ValidationError
+
+    from pipeline.params import Params
+    from pipeline.stages.data import held_out, stage_prepare
+
+    assert Params().data.stb.val_sequence == "B2Counting"
+    reader = STBReader(stb_root, "train")
+    val, train = held_out(reader, "val", val_sequence="B4Random"), held_out(reader, "train", val_sequence="B4Random")
+    assert {reader.sequences[i] for i in val.indices} == {"B4Random"} and len(val) == 2
+    assert "B4Random" not in {reader.sequences[i] for i in train.indices} and len(train) == 18
+    with pytest.raises(ValueError, match="held-out val sequence 'B1Counting' has no sample"):
+        held_out(reader, "val", val_sequence="B1Counting")
+    monkeypatch.chdir(tmp_path)
+    p = Params.model_validate({"model": {"image_size": 32},
+                               "data": {"source": "real", "allow_proxy_hand": True, "obman": {"root": str(stb_root)},
+                                        "stb": {"root": str(stb_root), "val_sequence": "B6Random"}}})
+    stage_prepare(p, "pose")
+    keys = {split: [PreparedDataset(Path("data/prepared/pose/stb") / split).key(i) for i in range(n)]
+            for split, n in (("train", 18), ("val", 2), ("test", 4))}
+    seq = lambda key: key.split("/")[1]  # noqa: E731 - images/<seq>/SK_color_i.png
+    assert {seq(k) for k in keys["val"]} == {"B6Random"} and "B6Random" not in {seq(k) for k in keys["train"]}
+    assert read_manifest(Path("data/prepared/pose/stb/val"))["params"]["val_sequence"] == "B6Random"
+    with pytest.raises(ValidationError, match=r"data\.stb\.val_sequence"):
+        Params.model_validate({"data": {"stb": {"val_sequence": "B1Counting"}}})   # the test split is not a choice

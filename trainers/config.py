@@ -2,7 +2,7 @@
 
     from trainers.config import TrainConfig, load_config
     cfg = TrainConfig()                               # the default profile (2-core CPU, minutes)
-    cfg = TrainConfig.for_profile("paper")            # §4.3.1: batch 6, Adam 1e-4, wd 1e-5, 60 / 80 epochs
+    cfg = TrainConfig.for_profile("paper")            # profiles/paper.yaml (§4.3.1: batch 6, Adam 1e-4, 60 / 80 epochs)
     cfg = load_config("params.yaml", {"train.epochs": 2})   # a YAML file (the training sections of it) + overrides
     cfg.stage("train").lr, cfg.model (a keyhand.model.config.ModelConfig), cfg.loss.to_loss_weights()
 
@@ -10,8 +10,9 @@ One schema: ``model`` IS :class:`keyhand.model.config.ModelConfig` (the class th
 from) and ``loss`` is generated from the fields of :class:`keyhand.losses.LossWeights`, so a field added
 there appears in params.yaml's schema and in the run identity (:func:`run_hash`) without a second edit.
 
-A mapping holds any subset of these keys; what it omits comes from the **default profile** (the one
-:data:`PROFILES` entry that fills keys). Other profiles are written out in full (``keyhand params write
+A mapping holds any subset of these keys; what it omits comes from the **default profile**
+(``profiles/default.yaml``, the one profile that fills keys; profiles are YAML overlays read by
+:func:`keyhand.config.load_profile`). Other profiles are written out in full (``keyhand params write
 --profile paper`` or :meth:`TrainConfig.for_profile`); a file never names its profile, so no key does
 nothing::
 
@@ -37,11 +38,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, create_model, model_validator
 
-from keyhand.config import ConfigError, Section, apply_overrides, format_validation_error, load_yaml, merge, not_bool
+from keyhand.config import (
+    ConfigError,
+    Section,
+    apply_overrides,
+    format_validation_error,
+    load_profile,
+    load_yaml,
+    merge,
+    not_bool,
+    profile_names,
+)
 from keyhand.losses import LossWeights
 from keyhand.model.config import ModelConfig
 
-__all__ = ["STAGES", "PROFILES", "ConfigError", "ModelConfig", "LossSection", "StageSection",
+__all__ = ["STAGES", "profile_names", "ConfigError", "ModelConfig", "LossSection", "StageSection",
            "ClassifierSection", "TrainConfig", "format_validation_error", "load_config", "run_hash", "check_no_profile",
            "UNHASHED_STAGE_KEYS"]
 
@@ -111,36 +122,6 @@ class ClassifierSection(_Section):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
-_PAPER_STAGE = {"batch_size": 6, "lr": 1e-4, "weight_decay": 1e-5}
-#: Profiles fill what a configuration omits. "paper" is §4.3.1's protocol (the gesture classifier's epochs are
-#: not given by the paper: 100 is ours); "default" is a small model that trains on a 2-core CPU in minutes.
-PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {
-        "model": {},
-        "loss": {},
-        "sfe": {**_PAPER_STAGE, "epochs": 60},
-        "train": {**_PAPER_STAGE, "epochs": 80},
-        "gesture": {**_PAPER_STAGE, "epochs": 100, "augment": False},
-    },
-    "default": {
-        # 6D rotation: learns ~1.4x faster than the paper's axis-angle; the VE head's output scaling (θ, β x3,
-        # 6D identity bias 0.1) makes Adam move the MANO parameters as fast as their influence asks
-        # (docs/hand_estimator_fit.md)
-        "model": {"image_size": 128, "sfe_channels": 32, "ve_input_size": 64, "ve_channels": 16,
-                  "dense_scale": 0.125, "render_size": 32, "rot_repr": "6d", "head_gain": 3.0, "rot6d_norm": 0.1},
-        # softmax heatmaps: the SFE learns 2D keypoints within the budget (Eq. 13's L2 leaves the maps at the
-        # trivial per-joint-mean solution after 360 steps: docs/statistics.md "A working SFE")
-        "loss": {"heatmap_form": "softmax"},
-        # one intra-op thread everywhere: a stage's numbers are then machine-independent (same CPU kind), and the train
-        # stage's run is exactly the ablation's base.seed0 trial (trials run one thread each)
-        "sfe": {"epochs": 20, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-5, "threads": 1},
-        "train": {"epochs": 6, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-5, "threads": 1},
-        "gesture": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-5, "augment": False,
-                    "threads": 1},
-    },
-}
-
-
 class TrainConfig(_Section):
     """All training settings; the default profile fills every key the input omits (module docstring)."""
 
@@ -153,8 +134,10 @@ class TrainConfig(_Section):
 
     @classmethod
     def profile_defaults(cls, profile: str) -> dict[str, Any]:
-        """What ``profile`` sets (subclasses with more sections extend it)."""
-        return PROFILES[profile]
+        """What ``profile`` sets of this schema's sections (``profiles/<profile>.yaml``; subclasses with more
+        sections read more of it)."""
+        data = load_profile(profile)
+        return {k: data[k] for k in cls.model_fields if k in data}
 
     @classmethod
     def merge_profile(cls, defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -172,8 +155,8 @@ class TrainConfig(_Section):
     @classmethod
     def for_profile(cls, profile: str, data: dict[str, Any] | None = None):
         """The settings of ``profile`` ("default" | "paper") with ``data`` (a nested mapping) over them."""
-        if profile not in PROFILES:
-            raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        if profile not in profile_names():
+            raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(profile_names())}")
         try:
             return cls.model_validate(data or {}, context={"profile": profile})
         except ValidationError as e:

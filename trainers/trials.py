@@ -16,7 +16,8 @@ every epoch through ``ray.tune.report`` so ASHA can stop a search trial early (g
   here: the driver evaluates the finished checkpoints (:mod:`pipeline.stages.compare`).
 * ``search_trial``: the same on ``spec["base"]`` with the sampled dotted keys (``train.lr`` ...) applied.
 * ``fold_trial``: §4.3.3 — the frozen framework's 3D joints of the gesture set were computed once by the
-  driver (``spec["joints"]``); the fold's split (:func:`keyhand.model.gesture.cv_splits`) trains a fresh
+  driver (``spec["joints"]``); the fold's split (:func:`keyhand.model.gesture.cv_splits` of
+  ``spec["fold_kind"]``: Table 6's stratified 80/20 folds or the subject-aware folds beside them) trains a fresh
   :class:`GestureClassifier` through the gesture stage's loop (:func:`trainers.gesture.fit_on_joints`,
   checkpoints in ``spec["out"]/fold-<k>/``) and reports the fold's test ``accuracy`` every epoch; the
   fold's confusion matrix and per-class accuracy go to ``spec["out"]/fold-<k>.json``.
@@ -119,7 +120,12 @@ class _FoldReport:
 
 
 def fold_trial(config: dict[str, Any]) -> None:
-    """One fold of the §4.3.3 gesture cross-validation (module docstring)."""
+    """One fold of the §4.3.3 gesture cross-validation (module docstring).
+
+    ``spec["fold_kind"]`` (default ``spec["cv"]["mode"]``) picks the folds: "stratified" (Table 6's, the
+    paper-comparable 80/20 folds) or "subject" (leave-subjects-out, min(cv.folds, subjects) folds); see
+    :func:`keyhand.model.gesture.cv_splits`. The fold's record also names its kind and, where the joints file
+    has subjects, the test fold's subjects."""
     from keyhand.model.gesture import cv_splits
     from trainers.config import TrainConfig
     from trainers.gesture import build_classifier, evaluate_gesture, fit_on_joints, joints_loader
@@ -131,23 +137,28 @@ def fold_trial(config: dict[str, Any]) -> None:
     joints, labels = data["joints_3d"].float(), data["gesture"].long()
     subjects = data.get("subject")
     cv = spec["cv"]
+    kind = str(spec.get("fold_kind") or cv["mode"])
     splits = cv_splits(labels.numpy(), k=cv["folds"], test_fraction=cv["test_fraction"], seed=cv["seed"],
-                       subjects=None if subjects is None else subjects.numpy(), mode=cv["mode"])
+                       subjects=None if subjects is None else subjects.numpy(), mode=kind)
+    if not 0 <= fold < len(splits):
+        raise ValueError(f"fold_trial: fold {fold} of {len(splits)} {kind} folds")
     train_idx, test_idx = (torch.as_tensor(i, dtype=torch.long) for i in splits[fold])
     cfg = TrainConfig.model_validate(spec["config"])
     num_classes = int(spec["num_classes"])
     out = Path(spec["out"])
-    with trial_run(config, params={"fold": fold, "train_size": len(train_idx), "test_size": len(test_idx),
-                                   "gesture": cfg.gesture.model_dump(), "classifier": cfg.classifier.model_dump(),
-                                   "cv": cv}, stage="gesture-cv") as run:
+    with trial_run(config, params={"fold": fold, "fold_kind": kind, "train_size": len(train_idx),
+                                   "test_size": len(test_idx), "gesture": cfg.gesture.model_dump(),
+                                   "classifier": cfg.classifier.model_dump(), "cv": cv}, stage="gesture-cv") as run:
         model = build_classifier(cfg, num_classes, seed=cfg.gesture.seed + fold)
         fit_on_joints(model, {"train": (joints[train_idx], labels[train_idx]),
                               "val": (joints[test_idx], labels[test_idx])},
                       cfg, out / f"fold-{fold}", callbacks=[_FoldReport()], progress=False, keep=1)
         m = evaluate_gesture(model, joints_loader(joints[test_idx], labels[test_idx], 256), num_classes=num_classes)
-        record = {"fold": fold, "accuracy": float(m["accuracy"]), "confusion": _tolist(m["confusion"]),
+        record = {"fold": fold, "kind": kind, "accuracy": float(m["accuracy"]), "confusion": _tolist(m["confusion"]),
                   "per_class_accuracy": _tolist(m["per_class_accuracy"]), "test_size": len(test_idx),
                   "train_size": len(train_idx)}
+        if subjects is not None:
+            record["test_subjects"] = sorted({int(s) for s in subjects[test_idx].tolist()})
         path = atomic_write_json(out / f"fold-{fold}.json", record, indent=None)
         if run is not None:
             import mlflow

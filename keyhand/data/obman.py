@@ -1,8 +1,9 @@
 """ObMan reader (Hasson et al., CVPR 2019; paper §4.1.1: SFE pre-training on 141,550 RGB images).
 
     from keyhand.data.obman import ObManReader
-    reader = ObManReader("/data/obman", "train")              # mode="hand_object": rgb/, the paper's set
+    reader = ObManReader("/data/obman", "train")              # mode="rgb": rgb/, the paper's 141,550
     s = reader[0]   # image (256, 256, 3), joints_3d mm camera frame, joints_2d px, mask (hand), extra
+    reader.summary()   # one line: images found beside the paper's 141,550, truncated JPEGs read so far
 
 Genuine layout (obman_render's blender_grasps.py writes it; obman/obman_train's ``ObMan`` class reads it)::
 
@@ -22,14 +23,23 @@ Genuine layout (obman_render's blender_grasps.py writes it; obman/obman_train's 
 The index is the listing of ``meta/`` (as ObMan's loader does); the image of a meta file missing on
 disk surfaces as "image file missing" (``reader[i]`` raises; ``on_corrupt="skip"`` drops it).
 
-Modes (the paper §4.1.1 keeps images "showing either hand-only or hand-object configurations"; its
-141,550 is the size of ObMan's train split, i.e. the ``rgb/`` folder; ObMan's loader selects by folder
-and segmentation channel, ``mode='all'|'hand'|'obj'`` → ``rgb``/``rgb_hand``/``rgb_obj`` and channel
-0/1/2):
+Modes name the image folder they read (ObMan's loader selects by folder and segmentation channel:
+its ``mode='all'|'hand'|'obj'`` reads ``rgb``/``rgb_hand``/``rgb_obj`` with channel 0/1/2). The paper's
+141,550 (§4.1.1, "either hand-only or hand-object configurations") is the size of ObMan's train split,
+i.e. one image per meta file, the ``rgb/`` folder:
 
-* ``"hand_object"`` (default): ``rgb/`` with segm channel 0; the paper's 141,550 train images.
-* ``"hand"``: ``rgb_hand/`` with segm channel 1 (the same hands without the object).
-* ``"all"``: both of the above (``rgb_hand/`` only where the folder exists), keys tell them apart.
+* ``"rgb"`` (default): ``rgb/`` with segm channel 0, hand + object; the paper's 141,550 train images.
+* ``"rgb_hand"``: ``rgb_hand/`` with segm channel 1, the hand-only renders of the same grasps.
+* ``"rgb+rgb_hand"``: both (2 x the split; ``rgb_hand/`` only where the folder exists), keys tell them apart.
+
+The former names ``hand_object``/``hand``/``all`` stop with one line naming the new ones (``all`` read
+both folders, twice the paper's set).
+
+Truncated JPEGs: ObMan's loader sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True``, so an ``rgb`` file
+cut short is read (the missing rows grey) rather than refused; this reader does the same
+(:func:`keyhand.data.readers.read_rgb_truncated`), logs each one (logger ``keyhand.data.obman``) and counts
+them in ``reader.truncated`` and :meth:`ObManReader.summary`. A file PIL cannot read even so (not an image,
+cut inside its header) is corrupt and follows ``on_corrupt``.
 
 Conversions (checked against obman_render/coordutils.py and obman/obman.py):
 
@@ -54,6 +64,7 @@ Python values only; anything else is refused and nothing of it runs).
 from __future__ import annotations
 
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,16 +73,22 @@ from typing import Any
 import cv2
 import numpy as np
 
-from keyhand.data.readers import DatasetReader, intrinsics_matrix, project, read_rgb
+from keyhand.data.readers import DatasetReader, intrinsics_matrix, project, read_rgb_truncated
 from keyhand.data.record import NUM_JOINTS, AnnotationError, DatasetError, DatasetNotFoundError, HandSample
 from keyhand.geometry.mano import RestrictedUnpickler, UnsafePickleError
 
-__all__ = ["ObManReader", "OBMAN_INTRINSICS", "OBMAN_CAM_EXTR", "read_meta"]
+__all__ = ["ObManReader", "OBMAN_INTRINSICS", "OBMAN_CAM_EXTR", "MODES", "read_meta"]
+
+log = logging.getLogger(__name__)
 
 OBMAN_INTRINSICS = intrinsics_matrix(480.0, 480.0, 128.0, 128.0)
 OBMAN_CAM_EXTR = np.array([[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 0]], np.float32)
 #: mode -> (rgb folder, segm channel) pairs
-MODES = {"hand_object": (("rgb", 0),), "hand": (("rgb_hand", 1),), "all": (("rgb", 0), ("rgb_hand", 1))}
+MODES = {"rgb": (("rgb", 0),), "rgb_hand": (("rgb_hand", 1),), "rgb+rgb_hand": (("rgb", 0), ("rgb_hand", 1))}
+#: the former mode names -> the new ones
+RENAMED_MODES = {"hand_object": "rgb", "hand": "rgb_hand", "all": "rgb+rgb_hand"}
+#: paper §4.1.1: the ObMan images the SFE is pretrained on (ObMan's train split, rgb/)
+PAPER_COUNT = 141550
 HAND_LABELS = {"right": (22, 24), "left": (21, 23)}
 NUM_VERTS = 778
 
@@ -143,12 +160,16 @@ class ObManReader(DatasetReader):
     homepage = "https://www.di.ens.fr/willow/research/obman/data/ (Hasson et al., CVPR 2019)"
     splits = ("train", "val", "test")
 
-    def __init__(self, root: str | Path, split: str = "train", mode: str = "hand_object",
+    def __init__(self, root: str | Path, split: str = "train", mode: str = "rgb",
                  on_corrupt: str = "fail", load_mask: bool = True) -> None:
+        if mode in RENAMED_MODES:
+            raise ValueError(f"obman: mode {mode!r} was renamed {RENAMED_MODES[mode]!r} (modes: 'rgb' = rgb/ hand + "
+                             "object, the paper's; 'rgb_hand' = rgb_hand/ hand-only renders; 'rgb+rgb_hand' = both)")
         if mode not in MODES:
             raise ValueError(f"obman: mode must be one of {tuple(MODES)}, got {mode!r}")
         self.mode = mode
         self.load_mask = load_mask
+        self.truncated: list[str] = []   # JPEGs read truncated, as ObMan's loader reads them (module docstring)
         super().__init__(root, split, on_corrupt)
 
     def _index(self) -> list[_Item]:
@@ -164,8 +185,8 @@ class ObManReader(DatasetReader):
         for folder, channel in MODES[self.mode]:
             rgb_dir = split_dir / folder
             if not rgb_dir.is_dir():
-                if self.mode == "all" and folder == "rgb_hand":
-                    continue  # "all": the hand-only renders where the download has them
+                if self.mode == "rgb+rgb_hand" and folder == "rgb_hand":
+                    continue  # both: the hand-only renders where the download has them
                 raise DatasetNotFoundError(
                     f"obman: {rgb_dir} not found (mode {self.mode!r} reads {folder}/): set data.obman.root "
                     f"in params.yaml (obtain ObMan from {self.homepage})")
@@ -177,6 +198,27 @@ class ObManReader(DatasetReader):
 
     def _image_files(self, item: _Item) -> list[Path]:
         return [item.image] + ([item.segm] if self.load_mask and item.segm.exists() else [])
+
+    def _decode(self, path: Path) -> None:
+        if path.suffix == ".jpg":
+            self._image(path)
+        else:
+            super()._decode(path)
+
+    def _image(self, path: Path) -> np.ndarray:
+        """The RGB image, a truncated JPEG read and counted as ObMan's loader reads it (module docstring)."""
+        image, truncated = read_rgb_truncated(path)
+        if truncated and str(path) not in self.truncated:
+            self.truncated.append(str(path))
+            log.warning("obman: %s is a truncated JPEG, read as ObMan's loader reads it (PIL "
+                        "LOAD_TRUNCATED_IMAGES; missing rows grey): %d truncated so far", path, len(self.truncated))
+        return image
+
+    def summary(self) -> str:
+        """One line: the images found beside the paper's 141,550 (§4.1.1), and the truncated JPEGs read so far."""
+        paper = f"the paper's §4.1.1: {PAPER_COUNT:,} train images of rgb/"
+        return (f"obman ({self.split}, mode {self.mode}): {len(self):,} images ({paper}); "
+                f"{len(self.truncated)} truncated JPEG(s) read as ObMan's loader does")
 
     def _mask(self, item: _Item, side: str) -> np.ndarray | None:
         if not self.load_mask or not item.segm.exists():
@@ -212,7 +254,7 @@ class ObManReader(DatasetReader):
             if field in meta:
                 extra[field] = meta[field]
         return HandSample(
-            image=read_rgb(item.image), key=item.key, source=self.name,
+            image=self._image(item.image), key=item.key, source=self.name,
             joints_2d=project(joints_3d, OBMAN_INTRINSICS), joints_3d=joints_3d,
             intrinsics=OBMAN_INTRINSICS.copy(), mask=self._mask(item, side), side=side, extra=extra,
         ).validate()

@@ -30,6 +30,8 @@ Common behaviour (:class:`DatasetReader`):
   decode, lists them in ``reader.skipped`` and emits ONE ``warnings.warn`` with the count and the
   first file names.
   A file that breaks after the scan still raises in ``reader[i]``.
+  ObMan's truncated JPEGs are not corrupt: they are read as ObMan's own loader reads them
+  (:func:`read_rgb_truncated`, PIL's ``LOAD_TRUNCATED_IMAGES``) and counted (``reader.truncated``).
 * Wrong-shaped annotation → :class:`AnnotationError` naming the file and the field (at construction
   for per-sequence label files, in ``reader[i]`` for per-sample files).
 * Gesture datasets without a predefined split: ``split="all"`` (the paper's §4.3.3 10-fold CV is made
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,11 +54,11 @@ from typing import Any, ClassVar
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from keyhand.data.record import DatasetError, DatasetNotFoundError, HandSample
 
-__all__ = ["READERS", "DatasetReader", "open_dataset", "read_rgb", "project", "intrinsics_matrix",
+__all__ = ["READERS", "DatasetReader", "open_dataset", "read_rgb", "read_rgb_truncated", "project", "intrinsics_matrix",
            "natural_key", "largest_component", "mask_box", "pad_box", "holdout_split"]
 
 ON_CORRUPT = ("fail", "skip")
@@ -79,6 +82,28 @@ def read_rgb(path: Path) -> np.ndarray:
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"{path}: corrupt or unreadable image ({type(exc).__name__}: {exc})") from None
     return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+_TRUNCATED = threading.Lock()
+
+
+def read_rgb_truncated(path: Path) -> tuple[np.ndarray, bool]:
+    """(RGB image, truncated?): :func:`read_rgb`, and where that fails, the decode PIL gives with
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` (what obman_train's ``obman.py`` sets globally: the rows the file
+    lacks come out grey). A file PIL cannot read even so (not an image, cut inside its header) raises
+    :class:`DatasetError` as :func:`read_rgb` does. The flag is set only for this decode (under a lock)."""
+    try:
+        return read_rgb(path), False
+    except DatasetError:
+        if not path.is_file():
+            raise
+        with _TRUNCATED:
+            before = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+            try:
+                return read_rgb(path), True
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:

@@ -14,6 +14,11 @@ of repetition")::
                           {1..30}-depth.bin    240 rows x 320 columns, int16 little-endian, row-major, mm
                           {1..30}-conf.bin     same shape and type, ToF confidence (amplitude)
 
+The archive unpacks into ``senz3d_dataset/`` holding ``acquisitions/S{1..4}/...`` (the path the dataset's
+users read, e.g. ``senz3d_dataset/acquisitions/S1/G11/30-color.png``): the root may be either folder
+(``acquisitions/`` or the one it is unpacked in). Keys are relative to the folder holding ``S1..S4``
+(``S1/G1/1-color.png``), the same for both roots.
+
 * Class = gesture folder ``G{g}`` → ``gesture = g − 1`` (0..10), ``gesture_name = "G{g}"`` (the dataset
   numbers its gestures, it does not name them); subject = ``S{s}``; ``extra["repetition"] = r``.
 * ``depth``: float32 mm; pixels ≤ 0 or ≥ 32000 (the DepthSense saturation / no-return codes 32001,
@@ -136,11 +141,17 @@ class Senz3DReader(DatasetReader):
         super().__init__(root, split, on_corrupt)
 
     def _index(self) -> list[_Item]:
-        subjects = sorted(p for p in self.root.glob("S*") if p.is_dir() and p.name[1:].isdigit())
+        subjects = []
+        for base in (self.root, self.root / "acquisitions"):   # acquisitions/ itself, or the folder holding it
+            subjects = sorted(p for p in base.glob("S*") if p.is_dir() and p.name[1:].isdigit())
+            if subjects:
+                break
         if not subjects:
             raise DatasetNotFoundError(
-                f"senz3d: no S1..S4 folders in {self.root} (expected S{{1..4}}/G{{1..11}}/{{1..30}}"
-                f"-color.png): set data.senz3d.root in params.yaml (obtain it from {self.homepage})")
+                f"senz3d: no S1..S4 folders in {self.root} nor in {self.root / 'acquisitions'} (expected "
+                f"S{{1..4}}/G{{1..11}}/{{1..30}}-color.png): set data.senz3d.root in params.yaml (obtain it from "
+                f"{self.homepage})")
+        base = subjects[0].parent
         items = []
         for sdir in subjects:
             for gdir in sorted(p for p in sdir.glob("G*") if p.is_dir() and p.name[1:].isdigit()):
@@ -150,7 +161,7 @@ class Senz3DReader(DatasetReader):
                         continue
                     r = m.group(1)
                     gesture = int(gdir.name[1:])
-                    items.append(_Item(key=color.relative_to(self.root).as_posix(), color=color,
+                    items.append(_Item(key=color.relative_to(base).as_posix(), color=color,
                                        depth=gdir / f"{r}-depth.bin", conf=gdir / f"{r}-conf.bin",
                                        subject=int(sdir.name[1:]), gesture=gesture, repetition=int(r)))
         items.sort(key=lambda it: natural_key(it.key))  # stable order before the hold-out

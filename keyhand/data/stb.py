@@ -11,6 +11,13 @@ Genuine layout (the dataset's README, github.com/zhjwustc/icip17_stereo_hand_pos
     root/labels/B{1..6}{Counting,Random}_SK.mat                   'handPara' (3, 21, 1500), millimetres
                                         ..._BB.mat                (Bumblebee2 labels, not read)
 
+The common copies of the download keep the sequence folders directly under the root, labels beside them
+(``root/B1Counting/SK_color_0.png``, ``root/labels/B1Counting_SK.mat``). The layout is detected per
+sequence: ``root/images/<seq>/`` if it exists, else ``root/<seq>/``; a sequence with neither stops with one
+line naming both. Keys are the image paths relative to the root (``images/B1Counting/SK_color_0.png`` or
+``B1Counting/SK_color_0.png``); ``reader.sequences`` gives each sample's sequence (the held-out
+validation sequence of the pipeline, ``data.stb.val_sequence``, is one whole training sequence).
+
 12 sequences x 1,500 frames. Split (as obman_train's StereoHands and most STB work): test = B1Counting +
 B1Random (3,000), train = B2..B6 (15,000); ``"all"`` = the 18,000.
 
@@ -126,6 +133,15 @@ class STBReader(DatasetReader):
             raise AnnotationError(f"{path}: field 'handPara' holds non-finite values")
         return para.astype(np.float64).transpose(2, 1, 0)  # (N, 21, 3) mm, depth frame, STB order
 
+    def _image_dir(self, sequence: str) -> Path:
+        """``root/images/<seq>/`` (the README's layout) or ``root/<seq>/`` (the common copies), per sequence."""
+        for folder in (self.root / "images" / sequence, self.root / sequence):
+            if folder.is_dir():
+                return folder
+        raise DatasetNotFoundError(
+            f"stb: no image folder for sequence {sequence}: neither {self.root / 'images' / sequence} nor "
+            f"{self.root / sequence} exists: set data.stb.root in params.yaml (obtain STB from {self.homepage})")
+
     def _index(self) -> list[_Item]:
         items = []
         for seq in SEQUENCES[self.split]:
@@ -133,11 +149,18 @@ class STBReader(DatasetReader):
             palms = joints[:, 0].copy()
             if self.palm_to_wrist == "extrapolate":
                 joints = palm_to_wrist(joints)
+            folder = self._image_dir(seq)
             for i in range(joints.shape[0]):
-                name = f"images/{seq}/SK_color_{i}.png"
-                items.append(_Item(key=name, image=self.root / name, joints_3d=joints[i].astype(np.float32),
-                                   palm=palms[i].astype(np.float32), sequence=seq, frame=i))
+                image = folder / f"SK_color_{i}.png"
+                items.append(_Item(key=image.relative_to(self.root).as_posix(), image=image,
+                                   joints_3d=joints[i].astype(np.float32), palm=palms[i].astype(np.float32),
+                                   sequence=seq, frame=i))
         return items
+
+    @property
+    def sequences(self) -> list[str]:
+        """Each sample's sequence (``B2Counting`` ...), in the reader's order."""
+        return [it.sequence for it in self._items]
 
     def _image_files(self, item: _Item) -> list[Path]:
         return [item.image]

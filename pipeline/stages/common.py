@@ -20,8 +20,9 @@ METRICS = RUNS / "metrics"
 
 #: The pose role's splits: ``train`` fits, ``val`` monitors every epoch and is what the Optuna search and any
 #: model selection read, ``test`` is read only by evaluation (the evaluate stage, the ablation's final
-#: per-image errors) and the report. Synthetic sets generate the three; a real set's val is a deterministic
-#: held-out share of its train split (``data.val_fraction``, :func:`pipeline.stages.data.held_out`).
+#: per-image errors) and the report. Synthetic sets generate the three; real STB's val is one whole held-out
+#: training sequence (``data.stb.val_sequence``), another real set's a deterministic held-out share of its train
+#: split (``data.val_fraction``; :func:`pipeline.stages.data.held_out`).
 POSE_SPLITS = ("train", "val", "test")
 
 class StageError(RuntimeError):

@@ -138,10 +138,20 @@ def stage_search(p: Params, resume: bool = True) -> None:
           f"({s.metric} {((best.get('metrics') or {}).get(s.metric))})")
 
 def stage_gesture_cv(p: Params, resume: bool = True) -> None:
-    """§4.3.3: per gesture dataset, the frozen framework's 3D joints once, then the CV folds through Ray Tune."""
+    """§4.3.3: per gesture dataset, the frozen framework's 3D joints once, then the CV folds through Ray Tune.
+
+    Two fold kinds, each one sweep of :func:`trainers.trials.fold_trial` (:func:`keyhand.model.gesture.cv_splits`):
+    ``cv.mode`` ("stratified": the paper-comparable random 80/20 folds) gives Table 6's numbers, the top-level
+    keys of ``runs/metrics/gesture_cv.json`` per dataset (``fold_accuracies``, ``mean``, ``std``, ``folds``,
+    ``chance``, ``confusion``, ``class_names``, plus ``kind`` and ``protocol``); with ``cv.subject_folds`` the
+    leave-subjects-out folds (min(cv.folds, subjects), each subject in one test fold) run beside them, first,
+    and go to the ``subject`` block (same figures, ``subject_folds``, ``n_subjects``, ``test_subjects``; or
+    ``skipped`` with the reason when the set has fewer than 2 known subjects). Folders:
+    ``runs/gesture_cv/<dataset>/<kind>/``; MLflow parents ``gesture-cv <dataset>`` and ``... subject``."""
     import numpy as np
     import torch
 
+    from keyhand.model.gesture import describe_folds
     from trainers.checkpoint import latest
     from trainers.gesture import framework_joints, num_gesture_classes
     from trainers.predict import load_model
@@ -155,6 +165,7 @@ def stage_gesture_cv(p: Params, resume: bool = True) -> None:
         raise StageError(f"{RUNS / 'train'} holds no checkpoint: run the train stage first (dvc repro)")
     framework, _ = load_model(ckpt, device="auto")
     cfg = p.train_config()
+    cv = p.cv.model_dump(exclude={"subject_folds"})  # a fold sweep's identity: not whether the other kind runs
     summary: dict[str, Any] = {}
     for name, splits in role_datasets(p, "gesture").items():
         ds = open_split(prepared_dir("gesture", name, splits[0]), cfg, "gesture", train=False)
@@ -169,31 +180,63 @@ def stage_gesture_cv(p: Params, resume: bool = True) -> None:
         num_classes = num_gesture_classes(ds)
         names = ds.manifest.get("gesture_names") or {}
         class_names = [str(names.get(str(k), k)) for k in range(num_classes)]
-        if p.cv.mode == "subject" and bool((subjects < 0).any()):
-            raise StageError(f"cv.mode is 'subject' but {name} has samples without a subject")
-        spec = {"joints": str(joints_file), "cv": p.cv.model_dump(), "config": cfg.training().model_dump(),
-                "num_classes": num_classes, "out": str(out / "folds")}
-        tune_name = f"gesture-cv-{name}-{_content_hash(spec, [joints_file])}"
-        result = run_sweep(tune_name, fold_trial, {**folds_space(p.cv.folds), "spec": spec},
-                           kind="grid", metric="accuracy", mode="max", out_dir=out,
-                           experiment=_experiment(p, "gesture_cv"), parent_run_name=f"gesture-cv {name}",
-                           parent_params={"dataset": name, "cv": p.cv.model_dump()}, resume=resume, **common)
-        folds = []
-        for k in range(p.cv.folds):
-            f = out / "folds" / f"fold-{k}.json"
-            if f.is_file():
-                folds.append(json.loads(f.read_text()))
-        acc = [f["accuracy"] for f in folds]
-        confusion = np.sum([np.asarray(f["confusion"]) for f in folds], axis=0) if folds else np.zeros((0, 0))
-        summary[name] = {"fold_accuracies": acc, "mean": float(np.mean(acc)) if acc else None,
-                         "std": float(np.std(acc)) if acc else None, "folds": len(acc),
-                         "failed": [r["label"] for r in result.failed], "class_names": class_names,
-                         "chance": 1.0 / max(num_classes, 1),
-                         "confusion": confusion.tolist()}
-        if result.parent_run_id and acc:
-            from trainers.tracking import log_gesture_cv
+        n_subjects = len(set(subjects.tolist())) if not bool((subjects < 0).any()) else 0
+        no_subjects = (f"{name} has samples without a subject" if n_subjects == 0 else
+                       f"{name} has {n_subjects} subject (leave-subjects-out needs >= 2)" if n_subjects < 2 else None)
+        if p.cv.mode == "subject" and no_subjects:
+            raise StageError(f"cv.mode is 'subject' but {no_subjects}")
+        kinds = [p.cv.mode]
+        if p.cv.subject_folds and p.cv.mode != "subject" and not no_subjects:
+            kinds.insert(0, "subject")  # first: the Table 6 sweep is the newest parent run (dashboard overview)
+        figures: dict[str, dict[str, Any]] = {}
+        for kind in kinds:
+            k = min(p.cv.folds, n_subjects) if kind == "subject" else p.cv.folds
+            kout = out / kind
+            spec = {"joints": str(joints_file), "cv": cv, "fold_kind": kind, "config": cfg.training().model_dump(),
+                    "num_classes": num_classes, "out": str(kout / "folds")}
+            result = run_sweep(f"gesture-cv-{name}-{kind}-{_content_hash(spec, [joints_file])}", fold_trial,
+                               {**folds_space(k), "spec": spec}, kind="grid", metric="accuracy", mode="max",
+                               out_dir=kout, experiment=_experiment(p, "gesture_cv"),
+                               parent_run_name=f"gesture-cv {name}" + (" subject" if kind == "subject" else ""),
+                               parent_params={"dataset": name, "cv": cv, "fold_kind": kind, "folds": k},
+                               resume=resume, **common)
+            records = [json.loads(f.read_text()) for f in (kout / "folds" / f"fold-{i}.json" for i in range(k))
+                       if f.is_file()]
+            acc = [r["accuracy"] for r in records]
+            confusion = (np.sum([np.asarray(r["confusion"]) for r in records], axis=0) if records
+                         else np.zeros((0, 0)))
+            fig: dict[str, Any] = {
+                "kind": kind, "protocol": describe_folds(kind, p.cv.folds, p.cv.test_fraction, n_subjects or None),
+                "fold_accuracies": acc, "mean": float(np.mean(acc)) if acc else None,
+                "std": float(np.std(acc)) if acc else None, "folds": len(acc), "planned_folds": k,
+                "failed": [r["label"] for r in result.failed], "chance": 1.0 / max(num_classes, 1),
+                "confusion": confusion.tolist()}
+            if kind == "subject":
+                fig.update(subject_folds=k, n_subjects=n_subjects,
+                           test_subjects=[r.get("test_subjects") for r in records])
+            else:
+                fig["test_fraction"] = p.cv.test_fraction
+            figures[kind] = fig
+            if result.parent_run_id and acc:
+                from trainers.tracking import log_gesture_cv
 
-            log_gesture_cv(acc, confusion, class_names, run_id=result.parent_run_id)
-        print(f"gesture-cv {name}: accuracy {100 * np.mean(acc):.2f} % ± {100 * np.std(acc):.2f} over {len(acc)} "
-              f"folds" if acc else f"gesture-cv {name}: no fold finished")
+                log_gesture_cv(acc, confusion, class_names, run_id=result.parent_run_id,
+                               prefix="gesture_" if kind == p.cv.mode else "gesture_subject_")
+        top = figures[p.cv.mode]
+        entry = {**top, "class_names": class_names}
+        if p.cv.subject_folds or p.cv.mode == "subject":
+            sub = figures.get("subject")
+            entry["subject"] = ({k: v for k, v in sub.items() if k != "kind"} if sub is not None
+                                else {"skipped": no_subjects, "folds": 0, "subject_folds": 0,
+                                      "n_subjects": n_subjects})
+        summary[name] = entry
+        line = f"gesture-cv {name}: "
+        for kind in kinds:
+            f = figures[kind]
+            line += ("" if kind == kinds[0] else "; ") + (
+                f"{kind} folds {100 * f['mean']:.2f} % ± {100 * f['std']:.2f} over {f['folds']}/{f['planned_folds']}"
+                f" ({f['protocol']})" if f["folds"] else f"{kind} folds: none finished")
+        if no_subjects and p.cv.subject_folds:
+            line += f"; no subject folds: {no_subjects}"
+        print(line + (" [Table 6: the " + p.cv.mode + " folds]" if len(kinds) > 1 else ""))
     _write_json(METRICS / "gesture_cv.json", {"datasets": summary})
