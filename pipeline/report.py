@@ -78,11 +78,21 @@ def _interval(res: dict | None) -> list[float] | None:
 
 
 def _vs_base(res: dict | None) -> dict | None:
+    """The row's paired difference to its base, normalised: mean, lo, hi, ``verdict`` ("resolved" / "within
+    noise" / "no verdict": fewer than keyhand.stats.MIN_SEEDS_FOR_VERDICT seeds behind it, ``resolved`` None
+    and ``reason`` why), ``seeds`` (the runs the verdict rule counted), ``resampling`` / ``block`` (how the
+    test images were resampled) and the ``base`` row; older files (``resolved`` only) keep their verdict."""
     d = (res or {}).get("vs_base")
     if not d or as_finite(d.get("mean")) is None:
         return None
-    return {"mean": float(d["mean"]), "lo": float(d["lo"]), "hi": float(d["hi"]), "resolved": bool(d["resolved"]),
-            "verdict": "resolved" if d["resolved"] else "within noise"}
+    verdict = d.get("verdict")
+    if verdict not in ("resolved", "within noise", "no verdict"):
+        verdict = "no verdict" if d.get("resolved") is None else ("resolved" if d["resolved"] else "within noise")
+    seeds = d.get("verdict_seeds", d.get("seeds"))
+    return {"mean": float(d["mean"]), "lo": float(d["lo"]), "hi": float(d["hi"]),
+            "resolved": None if verdict == "no verdict" else verdict == "resolved", "verdict": verdict,
+            "seeds": seeds, "reason": d.get("reason"), "resampling": d.get("resampling"), "block": d.get("block"),
+            "base": d.get("base")}
 
 
 def _paper_epe(paper: dict) -> dict[str, float]:
@@ -223,6 +233,7 @@ def build_report(evaluation: dict | None, ablation: dict[str, dict] | None, gest
         "statistics": {"seeds": comparison.get("seeds"), "epochs": comparison.get("epochs"),
                        "main_epochs": comparison.get("main_epochs"), "confidence": comparison.get("confidence", 0.95),
                        "bootstrap": comparison.get("bootstrap"), "base": comparison.get("base", "base"),
+                       "resampling": comparison.get("resampling"),
                        "test_split": "the test split is read only by the evaluation (evaluate stage, the "
                                      "ablation's final errors) and this report; training and the search read val"},
         "pck_bands": {row: res["pck"] for row, res in ablation.items() if isinstance(res.get("pck"), dict)},
@@ -249,6 +260,9 @@ def _vs(d: dict | None) -> str:
     if not d:
         return "—"
     text = f"{_signed(d['mean'])} [{_signed(d['lo'])}, {_signed(d['hi'])}]"
+    if d.get("verdict") == "no verdict" or ("verdict" in d and d.get("resolved") is None):
+        n = d.get("seeds")
+        return f"{text} no verdict" + (f" ({n} seed{'s' if n != 1 else ''})" if isinstance(n, int) else "")
     return f"{text} **resolved**" if d.get("resolved") else f"{text} within noise"
 
 
@@ -280,12 +294,30 @@ def render_markdown(report: dict[str, Any]) -> str:
                       "test samples."]
     st = report.get("statistics") or {}
     conf = int(round(100 * float(st.get("confidence") or 0.95)))
+    resampling = st.get("resampling")         # a sentence, ablation.json's dict, else what the controls used
+    used = next((d for d in (c.get("vs_base") for c in report.get("controls") or []) if d and d.get("resampling")),
+                None)
+    if isinstance(resampling, dict):
+        used, resampling = {"resampling": resampling.get("method"), "block": resampling.get("block")}, None
+    if not resampling and used:
+        resampling = (f"test images resampled in blocks of {used.get('block')} consecutive frames within each "
+                      "sequence" if used["resampling"] == "block" else "test images resampled one by one")
+    seeds = st.get("seeds")
+    few = isinstance(seeds, int) and seeds < 3
     lines += ["", f"Statistics: every number below is a mean over test images and seeds with its {conf} % interval "
                   f"[lo, hi] (percentile bootstrap over test images and seeds, {st.get('bootstrap') or '—'} "
-                  f"replicates); each compared row ran {st.get('seeds') or '—'} seed(s) at {st.get('epochs') or '—'} "
+                  f"replicates{'; ' + resampling if resampling else ''}); each compared row ran "
+                  f"{seeds or '—'} seed(s) at {st.get('epochs') or '—'} "
                   f"epochs (the main run: {st.get('main_epochs') or '—'}). \"vs base\" is the difference to the "
-                  "base row (the main configuration at the same budget), paired by test image and seed: "
-                  "**resolved** when its interval excludes 0, else within noise. "
+                  "row's base (the row it differs from, else the main configuration at the same budget), paired by "
+                  "test image and seed: **resolved** when its interval excludes 0, else within noise; **no verdict "
+                  "(N seeds)** when fewer than 3 seeds stand behind it: with one or two training runs the "
+                  "seed-to-seed variation is not (or hardly) in the interval, so an interval that excludes 0 can be "
+                  "one run's luck; the difference and its interval are shown all the same (the mean-pose control "
+                  "has no seed: it counts its base's). Frames of one video are not independent: when the test set "
+                  "is video sequences (STB), images are resampled in blocks of consecutive frames within each "
+                  "sequence, not one by one. "
+                  + (f"These rows ran {seeds} seed(s): no difference below gets a verdict. " if few else "")
                   + str(st.get("test_split", "")).capitalize() + "."]
     controls = report.get("controls") or []
     if controls:

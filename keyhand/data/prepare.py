@@ -22,6 +22,10 @@ Two steps, two folders, so that each is a DVC stage with its own outputs:
    the synthetic reader, rebuilt from its generator parameters), go beside the shards as ``vertices.npy``
    (n, V, 3) float32 mm in the prepared joints' camera frame, NaN rows for samples without one, and
    ``vertices.json`` (written last, with the split's params hash): :func:`read_split_vertices`.
+   Video frames: where the samples say which sequence and frame they come from (``extra["sequence"]``,
+   ``extra["frame"]``: STB's B1Counting ... frames 0-1499), ``sequences.json`` beside the shards holds them
+   per sample in the split's order (with the split's params hash): :func:`read_split_sequences`. The
+   statistics resample such frames in blocks (:mod:`keyhand.stats`): consecutive frames are not independent.
 2. :func:`compute_split_masks` runs GrabCut initialised from the crop-px joints
    (:func:`keyhand.data.masks.grabcut_mask`) on every prepared crop, over ``workers`` processes, one PNG
    per sample (resumable: a rerun does only what is missing), then packs them into ``masks.npy``
@@ -58,11 +62,14 @@ from keyhand.data.masks import MaskItem, MaskReport, compute_masks, load_mask, m
 from keyhand.data.record import DatasetError, HandSample
 
 __all__ = ["PrepareStats", "open_reader", "box_to_crop", "prepare_split", "compute_split_masks",
-           "read_masks_manifest", "read_split_vertices", "VERTICES_FILE", "VERTICES_MANIFEST"]
+           "read_masks_manifest", "read_split_vertices", "read_split_sequences", "VERTICES_FILE",
+           "VERTICES_MANIFEST", "SEQUENCES_FILE"]
 
 #: Ground-truth meshes beside a prepared split's shards (module docstring).
 VERTICES_FILE = "vertices.npy"
 VERTICES_MANIFEST = "vertices.json"
+#: Each sample's video sequence and frame, beside a prepared split's shards (module docstring).
+SEQUENCES_FILE = "sequences.json"
 HAND_SIDES = ("right", "left")
 
 
@@ -105,6 +112,7 @@ class PrepareStats:
     whole_image_keys: list[str] = field(default_factory=list)
     mirrored: int = 0           # samples of the other hand mirrored into ``mirror_to``
     meshes: int = 0             # samples with a ground-truth mesh in vertices.npy
+    sequences: int = 0          # video sequences the samples come from (sequences.json), 0: independent images
     skipped_files: list[str] = field(default_factory=list)   # the reader's corrupt-image policy "skip"
 
 
@@ -173,11 +181,38 @@ class _Meshes:
         self.tmp.unlink(missing_ok=True)
 
 
+class _Sequences:
+    """Collects each sample's ``extra["sequence"]`` / ``extra["frame"]`` (None where it has none) into
+    ``sequences.json`` (module docstring)."""
+
+    def __init__(self) -> None:
+        self.sequence: list[str | None] = []
+        self.frame: list[int | None] = []
+
+    def add(self, sample: HandSample) -> None:
+        seq, frame = sample.extra.get("sequence"), sample.extra.get("frame")
+        self.sequence.append(None if seq is None else str(seq))
+        self.frame.append(None if frame is None else int(frame))
+
+    def close(self, out_dir: Path, manifest: dict) -> int:
+        """Write sequences.json when any sample has a sequence; returns the number of sequences."""
+        names = {s for s in self.sequence if s is not None}
+        if not names:
+            return 0
+        if len(self.sequence) != int(manifest["count"]):
+            raise DatasetError(f"prepare: {len(self.sequence)} sequence labels for {manifest['count']} samples")
+        _atomic_json(out_dir / SEQUENCES_FILE, {"count": len(self.sequence), "sequence": self.sequence,
+                                                "frame": self.frame, "split_params_hash": manifest["params_hash"]})
+        return len(names)
+
+
 def _cropped(reader, image_size: int, enlarge: float, stats: PrepareStats, mirror_to: str | None = None,
-             meshes: _Meshes | None = None) -> Iterator[HandSample]:
+             meshes: _Meshes | None = None, sequences: _Sequences | None = None) -> Iterator[HandSample]:
     for i, sample in enumerate(reader):
         if meshes is not None:
             sample = meshes.attach(reader, i, sample)
+        if sequences is not None:
+            sequences.add(sample)
         if sample.joints_2d is not None:
             stats.by_joints += 1
             out = crop_sample(sample, image_size, enlarge)
@@ -220,16 +255,18 @@ def prepare_split(reader, out_dir: str | os.PathLike, image_size: int = 256, enl
         raise ValueError(f"prepare: mirror_to must be one of {HAND_SIDES} or None, got {mirror_to!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in (VERTICES_MANIFEST, VERTICES_FILE):  # a previous preparation's meshes are not this one's
+    for name in (VERTICES_MANIFEST, VERTICES_FILE, SEQUENCES_FILE):  # a previous preparation's are not ours
         (out / name).unlink(missing_ok=True)
     stats = PrepareStats()
     full = {"crop": {"image_size": image_size, "enlarge": enlarge, "mirror_to": mirror_to}, **(params or {})}
     sink = _Meshes(out, len(reader)) if meshes else None
+    frames = _Sequences()
     try:
-        manifest = write_split(_cropped(reader, image_size, enlarge, stats, mirror_to, sink), out,
+        manifest = write_split(_cropped(reader, image_size, enlarge, stats, mirror_to, sink, frames), out,
                                shard_size=shard_size, image_size=image_size, heatmap_size=max(1, image_size // 4),
                                sigma=sigma, params=full)
         stats.meshes = sink.close(manifest) if sink is not None else 0
+        stats.sequences = frames.close(out, manifest)
     finally:
         if sink is not None:
             sink.discard()
@@ -258,6 +295,29 @@ def read_split_vertices(split_dir: str | os.PathLike | None) -> np.ndarray | Non
     if meta.get("split_params_hash") != split["params_hash"] or verts.shape[0] != split["count"]:
         raise CacheError(f"{folder / VERTICES_FILE} was made for another preparation of {folder}: {hint}")
     return verts
+
+
+def read_split_sequences(split_dir: str | os.PathLike | None) -> dict[str, list] | None:
+    """Each sample's video sequence and frame of a prepared split: ``{"sequence": [str | None] * n, "frame":
+    [int | None] * n}`` in the split's order, or None when its samples are independent images (no
+    sequences.json: synthetic sets, ObMan) or ``split_dir`` is None. :class:`keyhand.data.cache.CacheError`
+    naming the folder if it was made for another preparation."""
+    if split_dir is None:
+        return None
+    folder = Path(split_dir)
+    path = folder / SEQUENCES_FILE
+    if not path.is_file():
+        return None
+    hint = "re-run the data preparation stage (keyhand prepare / dvc repro)"
+    try:
+        meta = json.loads(path.read_text())
+        sequence, frame = list(meta["sequence"]), list(meta["frame"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CacheError(f"{path}: unreadable sequence labels ({e}): {hint}") from None
+    split = read_manifest(folder, check_files=False)
+    if meta.get("split_params_hash") != split["params_hash"] or not len(sequence) == len(frame) == split["count"]:
+        raise CacheError(f"{path} was made for another preparation of {folder}: {hint}")
+    return {"sequence": sequence, "frame": frame}
 
 
 def compute_split_masks(split_dir: str | os.PathLike, masks_dir: str | os.PathLike, workers: int | None = None,

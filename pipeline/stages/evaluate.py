@@ -42,7 +42,7 @@ def stage_evaluate(p: Params) -> None:
     summary = {k: metrics[k] for k in (*SUMMARY_KEYS, "sfe_2d_px") if k in metrics and math.isfinite(metrics[k])}
     summary["dataset"] = f"{name}/test"
     summary["timings_ms"] = timings
-    band = _intervals(ev.predictions, p, summary)
+    band = _intervals(ev.predictions, p, summary, test)
     with tracked_run(_experiment(p, "evaluate"), run_name="evaluate", params={"model": mc.model_dump()},
                      stage="evaluate", tags={"keyhand.dataset": summary["dataset"],
                                              "keyhand.checkpoint": str(ev.checkpoint)}):
@@ -71,14 +71,54 @@ def per_image_errors(predictions: dict) -> tuple[np.ndarray, np.ndarray, np.ndar
     return per_joint.mean(axis=1), per_joint, procrustes_errors(pred, gt).mean(axis=1)
 
 
-def _intervals(predictions: dict, p: Params, summary: dict) -> dict:
-    """The EPE's interval over test images into ``summary``; the PCK band (keyhand.stats)."""
+def sequence_groups(split: str | os.PathLike, predictions: dict | None = None) -> list[str] | None:
+    """The video sequence of each test image, in the order of the errors the statistics get, for the block
+    bootstrap (:mod:`keyhand.stats`); None when the split's images are independent (no sequence recorded at
+    preparation: synthetic sets; :func:`keyhand.data.prepare.read_split_sequences`) or some have none.
+
+    ``predictions`` (of :func:`trainers.run.evaluate_checkpoint`): the images :func:`per_image_errors` keeps,
+    by their ``index``; None: every sample with 3D ground truth in split order (the mean-pose control's). The
+    frames of each sequence must come in increasing order there (the readers list them so; the bootstrap's
+    blocks are runs of consecutive positions): ValueError otherwise."""
+    from keyhand.data.cache import HAS_FLAGS, PreparedDataset
+    from keyhand.data.prepare import read_split_sequences
+
+    labels = read_split_sequences(split)
+    if labels is None:
+        return None
+    if predictions is not None:
+        index = np.asarray(predictions["index"])[np.isfinite(predictions["epe"])]
+    else:
+        ds = PreparedDataset(split)
+        index = [i for i in range(len(ds)) if ds.raw(i)["has"][HAS_FLAGS.index("joints_3d")]]
+    seqs = [labels["sequence"][int(i)] for i in index]
+    frames = [labels["frame"][int(i)] for i in index]
+    if any(s is None for s in seqs):
+        return None
+    last: dict[str, int] = {}
+    for i, s, f in zip(index, seqs, frames, strict=True):
+        if f is None:
+            continue
+        if f <= last.get(s, -1):
+            raise ValueError(f"{split}: sample {int(i)} (sequence {s}, frame {f}) comes after frame {last[s]}: the "
+                             "block bootstrap needs each sequence's frames in increasing order")
+        last[s] = f
+    return seqs
+
+
+def _intervals(predictions: dict, p: Params, summary: dict, split: str | os.PathLike | None = None) -> dict:
+    """The EPE's interval over test images into ``summary``; the PCK band (keyhand.stats). Test images from
+    video sequences (``split``'s, :func:`sequence_groups`) are resampled in blocks of consecutive frames."""
     from keyhand.metrics import PCK_THRESHOLDS_MM
-    from keyhand.stats import bootstrap_mean, pck_band
+    from keyhand.stats import block_layout, bootstrap_mean, pck_band, resampling_note
 
     epe, per_joint, _ = per_image_errors(predictions)
-    est = bootstrap_mean(epe, p.stats.confidence, p.stats.bootstrap)
+    groups = None if split is None else sequence_groups(split, predictions)
+    layout = None if groups is None else block_layout(groups)
+    est = bootstrap_mean(epe, p.stats.confidence, p.stats.bootstrap, groups=layout)
     summary["epe_ci"] = [est.lo, est.hi]
     summary["confidence"] = p.stats.confidence
-    summary["interval"] = "bootstrap over test images (one seed: the main run)"
-    return pck_band(per_joint, PCK_THRESHOLDS_MM, p.stats.confidence, min(p.stats.bootstrap, 1000))
+    summary["interval"] = f"bootstrap over test images (one seed: the main run); {resampling_note(layout)}"
+    summary["resampling"] = est.resampling
+    summary["block"] = est.block
+    return pck_band(per_joint, PCK_THRESHOLDS_MM, p.stats.confidence, min(p.stats.bootstrap, 1000), groups=layout)
