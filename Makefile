@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install repro test bench gpu-check dashboard clean
+.PHONY: install repro test rehearse bench gpu-check dashboard clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ repro: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The paper profile end to end on tiny real-layout fixtures (pipeline/rehearse.py): every table row filled, stage
+# times, the full protocol's projected GPU-hours; project in runs/rehearse/ (report runs/rehearse/runs/report/).
+rehearse: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/keyhand rehearse
 
 bench: install
 	for what in mano render data model; do $(BIN)/keyhand bench $$what; done

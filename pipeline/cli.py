@@ -17,6 +17,7 @@
     keyhand stage train                        # one stage of dvc.yaml (reads params.yaml)
     keyhand sweep ablation --address auto --gpus-per-trial 0.25 [--resume]   # also gesture-cv, search
     keyhand params write --profile paper       # the paper's protocol into params.yaml (then: dvc repro)
+    keyhand rehearse                           # that protocol on tiny real-layout fixtures, CPU, minutes
     keyhand dashboard                          # Streamlit on http://127.0.0.1:8501
 
 Commands that train or evaluate read params.yaml (--params) and, by default, the graph's data; flags
@@ -581,6 +582,20 @@ def _start_tracking_server(bind: str, p):
     typer.echo(f"tracking server: {url} (pid {server.pid}, bound to {server.host}:{server.port}, store {store}); "
                "stopped when the sweep ends")
     return server
+
+
+@app.command("rehearse")
+def rehearse_cmd(
+    out: Path = typer.Option(Path("runs/rehearse"), "--out", help="The rehearsal's project folder (its data/ and "
+                                                                   "runs/ are replaced; data-fixtures/ is reused)."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="stats.seeds of every row (1: no verdict, fits minutes)."),
+    timeout: float = typer.Option(1800.0, "--timeout", help="Stop dvc repro after this many seconds."),
+) -> None:
+    """The paper's protocol rehearsed on CPU: fixtures in the datasets' layouts, dvc repro, every table row checked,
+    stage times and the full protocol's projected GPU-hours (pipeline/rehearse.py)."""
+    from pipeline.rehearse import rehearse
+
+    raise typer.Exit(rehearse(out, seeds, timeout, log=typer.echo))
 
 
 params_app = typer.Typer(help="Write or show params.yaml (profiles: the YAML overlays in profiles/).",
