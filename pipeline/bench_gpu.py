@@ -294,14 +294,6 @@ def peak_tflops(name: str) -> dict[str, float | None] | None:
     return None
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
@@ -314,7 +306,9 @@ def device_info(device: torch.device) -> dict[str, Any]:
                     capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
                     peak_tflops=peak_tflops(torch.cuda.get_device_name(device)))
     else:
-        info.update(name=f"cpu ({_cpu_name()})", peak_tflops=None)
+        from trainers.device import cpu_name
+
+        info.update(name=f"cpu ({cpu_name()})", peak_tflops=None)
     return info
 
 

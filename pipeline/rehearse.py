@@ -659,16 +659,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- entry
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rehearse(out: str | os.PathLike = "runs/rehearse", seeds: int = 1, timeout_s: float = 1800.0,
@@ -676,6 +666,7 @@ def rehearse(out: str | os.PathLike = "runs/rehearse", seeds: int = 1, timeout_s
     """The rehearsal (module docstring); returns the exit status (0 ok, 1 rows missing, 2 dvc repro failed)."""
     from keyhand.data.fixtures import write_fixtures
     from keyhand.stats import MIN_SEEDS_FOR_VERDICT as min_seeds
+    from trainers.device import cpu_name
 
     t_start = time.monotonic()
     project = Path(out).resolve()
@@ -718,7 +709,7 @@ def rehearse(out: str | os.PathLike = "runs/rehearse", seeds: int = 1, timeout_s
               "overrides": overrides(fixtures, project, seeds)[1], "rows": list(params.sweep.rows),
               "stage_times_s": times, "fixtures_s": fixtures_s, "setup_s": setup_s, "total_s": total_s,
               "costs": asdict(costs), "protocol": asdict(pr), "projection": proj,
-              "cpu": f"{_cpu_name()}, {os.cpu_count()} cores",
+              "cpu": f"{cpu_name()}, {os.cpu_count()} cores",
               "report": str(project / "runs" / "report" / "report.md"), "missing": missing}
     text = "\n".join(summary_lines(result))
     atomic_write_text(project / "rehearsal.json", json.dumps(result, indent=1, default=str))

@@ -14,17 +14,30 @@ from a generator seeded by ``(seed, epoch)``, so an epoch resumed from a checkpo
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 __all__ = ["resolve_device", "cpu_threads", "amp_dtype", "autocast", "prepare_model", "seed_everything", "seed_worker",
-           "epoch_seed", "EpochSampler", "synchronize", "Timer"]
+           "epoch_seed", "EpochSampler", "synchronize", "Timer", "cpu_name"]
 
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else what :mod:`platform` knows): figures name their machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` / None = CUDA when present, else CPU; otherwise ``torch.device(spec)`` (checked).
