@@ -259,8 +259,6 @@ class Params(TrainConfig):
             if "from" in row and row["from"] not in rows:
                 raise ValueError(f"sweep.rows.{name}.from: no row {row['from']!r} (rows: {', '.join(rows)})")
             self._lineage(name)   # a cycle of `from` is one line too
-        if rows and "base" not in rows and any("from" not in r for r in rows.values()):
-            raise ValueError("sweep.rows: a row without `from` is compared with `base`, and there is no row 'base'")
         if self.data.source == "real":
             for ds in ("obman", "stb"):
                 if getattr(self.data, ds).root is None:

@@ -155,7 +155,7 @@ def test_every_page_in_chromium(server: dict, tmp_path: Path) -> None:
                     assert body.get_by_text("Controls: does the framework beat trivial baselines?").is_visible()
                     assert page.locator("[data-testid='stDataFrame']").count() == 8   # controls, tables 1-6, timings
                     types = _trace_types(page)
-                    assert len(types) == 4 and all(t == ["bar", "bar"] for t in types)
+                    assert len(types) == 2 and all(t == ["bar", "bar"] for t in types)
                     ticks = page.locator(".js-plotly-plot").first.locator(".xtick text").all_text_contents()
                     assert ticks == table1, ticks                    # the paper's Table 1 labels, on screen
                 elif title == "PCK curves":

@@ -299,7 +299,6 @@ def test_real_data_without_the_mano_file_is_refused_at_load(tmp_path: Path) -> N
 @pytest.mark.parametrize("rows, match", [
     ("{base: {}, a: {from: nope}}", "sweep.rows.a.from: no row 'nope'"),
     ("{base: {}, a: {from: b}, b: {from: a}}", "a cycle"),
-    ("{a: {model: {pca_comps: 15}}}", "no row 'base'"),
 ])
 def test_row_from_is_checked_at_load(tmp_path: Path, rows: str, match: str) -> None:
     with pytest.raises(ParamsError, match=match):
