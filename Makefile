@@ -37,8 +37,8 @@ bench: install
 
 # The prepared GPU check (pipeline/bench_gpu.py, ~8 min on one H100): CUDA tests, CPU/GPU agreement, dtypes
 # under autocast, throughput/latency/memory/MFU, renderer, 320 training steps; writes $(GPU_CHECK_OUT)/ and, on
-# CUDA, README's "GPU figures". No install step, so it runs on a GPU machine without a package index: it uses
-# .venv when there is one, else python3, and first installs wheels carried in .whl/ (README: GPU figures).
+# CUDA, docs/gpu.md's "GPU figures". No install step, so it runs on a GPU machine without a package index: it uses
+# .venv when there is one, else python3, and first installs wheels carried in .whl/ (docs/gpu.md).
 GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 GPU_CHECK_OUT ?= runs/gpu-check
 gpu-check:

@@ -1,8 +1,8 @@
 """One prepared GPU check: every CUDA path and figure in one command (issue 13), exercised on CPU in the suite.
 
-    make gpu-check                                  # measure, write runs/gpu-check/, fill README's GPU table
+    make gpu-check                                  # measure, write runs/gpu-check/, fill docs/gpu.md's GPU table
     keyhand bench gpu [--device auto|cuda|cpu] [--out runs/gpu-check] [--update-readme] [--only a,b]
-    keyhand bench gpu --from-json runs/gpu-check/gpu_check.json --update-readme   # README from a saved run
+    keyhand bench gpu --from-json runs/gpu-check/gpu_check.json --update-readme   # docs/gpu.md from a saved run
     python -m pipeline.bench_gpu ...                # the same without the installed entry point
 
 It writes ``gpu_check.json`` (every figure: value, unit, note, pass flag) and ``gpu_check.md`` (one table) into
@@ -1185,7 +1185,7 @@ def _cells(f: dict[str, dict], keys: list[str]) -> str:
 
 
 def readme_block(res: dict | None) -> str:
-    """The README's "GPU figures" block (between the markers): from a results dict, or all "not measured yet"."""
+    """The "GPU figures" block of docs/gpu.md (between the markers): from a results dict, or all "not measured yet"."""
     batches = res["plan"]["infer_batches"] if res else [1, 8, 64, 256]
     f = {x["key"]: x for x in res["figures"]} if res else {}
     models = list(res["plan"]["models"]) if res else ["paper", "default"]
@@ -1276,7 +1276,7 @@ def load_results(path: str | os.PathLike) -> dict:
 # ------------------------------------------------------------------------------------------- entry points
 
 def run_check(device: str = "auto", out: str | os.PathLike = "runs/gpu-check", update: bool = False,
-              readme: str | os.PathLike = REPO / "README.md", from_json: str | os.PathLike | None = None,
+              readme: str | os.PathLike = REPO / "docs" / "gpu.md", from_json: str | os.PathLike | None = None,
               only: str | None = None, log=print) -> int:
     """What ``keyhand bench gpu`` and ``make gpu-check`` run; returns the exit status."""
     if from_json is not None:
@@ -1305,8 +1305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.bench_gpu", description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cuda:1, cpu")
     ap.add_argument("--out", default="runs/gpu-check", help="folder for gpu_check.json and gpu_check.md")
-    ap.add_argument("--update-readme", action="store_true", help="fill README's GPU figures table (CUDA runs only)")
-    ap.add_argument("--readme", default=str(REPO / "README.md"))
+    ap.add_argument("--update-readme", action="store_true", help="fill docs/gpu.md's GPU figures (CUDA runs only)")
+    ap.add_argument("--readme", default=str(REPO / "docs" / "gpu.md"))
     ap.add_argument("--from-json", default=None, help="use a saved gpu_check.json instead of measuring")
     ap.add_argument("--only", default=None, help="comma-separated sections (default: all)")
     a = ap.parse_args(argv)

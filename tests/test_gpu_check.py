@@ -108,7 +108,7 @@ def test_markdown_has_every_figure(cpu_run: dict) -> None:
 
 @pytest.mark.slow
 def test_readme_update_on_a_copy(cpu_run: dict, tmp_path: Path) -> None:
-    real = (REPO / "README.md").read_text()
+    real = (REPO / "docs" / "gpu.md").read_text()
     assert bg.README_BEGIN in real and bg.README_END in real and "### GPU figures" in real
     readme = tmp_path / "README.md"
     readme.write_text(real)
@@ -145,7 +145,7 @@ def test_readme_update_on_a_copy(cpu_run: dict, tmp_path: Path) -> None:
 
 def test_readme_template_and_bad_inputs(tmp_path: Path, capsys) -> None:
     block = bg.readme_block(None)
-    real = (REPO / "README.md").read_text().split(bg.README_BEGIN)[1].split(bg.README_END)[0]
+    real = (REPO / "docs" / "gpu.md").read_text().split(bg.README_BEGIN)[1].split(bg.README_END)[0]
     labels = lambda text: [ln.split(" | ")[0] for ln in text.splitlines() if ln.startswith("| ")]  # noqa: E731
     assert labels(real) == labels(block)                     # the README's table is the one the code fills
     assert block.count(bg.NOT_YET) >= 20 and "batch 1 / 8 / 64 / 256" in block and "paper profile: 256²" in block
