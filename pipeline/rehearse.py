@@ -139,23 +139,24 @@ def check_project_folder(project: Path) -> None:
         raise RehearsalError(f"--out {project} holds another project's dvc.yaml: choose an empty folder")
 
 
+def _remove(path: Path) -> None:
+    """Delete a file, a link (not what it points to) or a folder tree, if there is one."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
 def make_project(project: Path, env: dict[str, str]) -> list[str]:
     """An empty rehearsal project in ``project`` (module docstring); returns the linked code entries."""
     check_project_folder(project)
     project.mkdir(parents=True, exist_ok=True)
     for name in _OWNED:
-        target = project / name
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.is_dir():
-            shutil.rmtree(target)
+        _remove(project / name)
     linked = _dep_roots(REPO / "dvc.yaml")
     for name in linked:
         link = project / name
-        if link.is_symlink() or link.is_file():
-            link.unlink()
-        elif link.exists():
-            shutil.rmtree(link)
+        _remove(link)
         link.symlink_to(REPO / name, target_is_directory=(REPO / name).is_dir())
     shutil.copy2(REPO / "dvc.yaml", project / "dvc.yaml")
     dvc = _dvc(env)

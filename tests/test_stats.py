@@ -381,7 +381,3 @@ def test_summarise_uses_blocks_row_bases_and_the_seed_rule(stb_root: Path, tmp_p
     mp = t[MEAN_POSE]["vs_base"]
     assert mp["verdict_seeds"] == 3 and mp["verdict"] != "no verdict"
     assert t[MEAN_POSE]["pa"]["vs_base"]["base"] == "base"
-    del p.row_base                                                   # before Params.row_base: all against base
-    out = summarise(p, result, labels, tmp_path / "trials", tmp_path / "abl", SimpleNamespace(train=train),
-                    (test, tmp_path / "masks"))
-    assert out["rows"]["few"]["vs_base"]["base"] == "base"

@@ -275,6 +275,12 @@ def prepare_split(reader, out_dir: str | os.PathLike, image_size: int = 256, enl
     return manifest, stats
 
 
+def _made_for(folder: Path, meta: dict, count: int) -> bool:
+    """A side file of a prepared split (its ``meta``, ``count`` rows) belongs to the split's current preparation."""
+    split = read_manifest(folder, check_files=False)
+    return meta.get("split_params_hash") == split["params_hash"] and count == split["count"]
+
+
 def read_split_vertices(split_dir: str | os.PathLike | None) -> np.ndarray | None:
     """The ground-truth meshes of a prepared split: (n, V, 3) float32 mm (read-only memmap, NaN rows for
     samples without one, row i = sample i), or None when the split has none (or ``split_dir`` is None).
@@ -291,8 +297,7 @@ def read_split_vertices(split_dir: str | os.PathLike | None) -> np.ndarray | Non
         verts = np.load(folder / VERTICES_FILE, mmap_mode="r")
     except (OSError, ValueError) as e:
         raise CacheError(f"{path}: unreadable ground-truth meshes ({e}): {hint}") from None
-    split = read_manifest(folder, check_files=False)
-    if meta.get("split_params_hash") != split["params_hash"] or verts.shape[0] != split["count"]:
+    if not _made_for(folder, meta, verts.shape[0]):
         raise CacheError(f"{folder / VERTICES_FILE} was made for another preparation of {folder}: {hint}")
     return verts
 
@@ -314,8 +319,7 @@ def read_split_sequences(split_dir: str | os.PathLike | None) -> dict[str, list]
         sequence, frame = list(meta["sequence"]), list(meta["frame"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CacheError(f"{path}: unreadable sequence labels ({e}): {hint}") from None
-    split = read_manifest(folder, check_files=False)
-    if meta.get("split_params_hash") != split["params_hash"] or not len(sequence) == len(frame) == split["count"]:
+    if len(sequence) != len(frame) or not _made_for(folder, meta, len(sequence)):
         raise CacheError(f"{path} was made for another preparation of {folder}: {hint}")
     return {"sequence": sequence, "frame": frame}
 

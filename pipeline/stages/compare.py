@@ -82,8 +82,7 @@ def summarise(p: Params, result: Any, labels: dict[str, tuple[str, int]], trials
     # video frames (STB) are resampled in blocks within their sequence; independent images one by one
     groups = sequence_groups(test[0], evaluated)
     layout = None if groups is None else block_layout(groups)
-    row_base = getattr(p, "row_base", None)        # each row against the row it differs from, else "base"
-    bases = {row: row_base(row) if callable(row_base) else "base" for row in per_row}
+    bases = {row: p.row_base(row) for row in per_row}   # each row against the row it differs from, else "base"
     how = {"bases": bases, "groups": layout, "deterministic": {MEAN_POSE}}
     stats = compare_rows(epe, "base", p.stats.confidence, p.stats.bootstrap, **how)
     # the same comparison after Procrustes alignment (articulation and shape, rotation and scale removed)
