@@ -77,6 +77,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from keyhand.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
+T0 = time.perf_counter()  # the process's start, near enough: imports and CUDA's start-up count against DEADLINE_S
 JSON_NAME, MD_NAME = "gpu_check.json", "gpu_check.md"
 README_BEGIN, README_END = "<!-- gpu-figures:begin -->", "<!-- gpu-figures:end -->"
 NOT_YET = "not measured yet"
@@ -98,10 +99,13 @@ PEAK_TFLOPS: tuple[tuple[str, float, float | None, float | None], ...] = (
 )
 
 #: (section, planned GPU seconds = its budget on CUDA). On CPU the sizes are fixed and small: no budget applies.
+#: They add up to 330 s: with CUDA's start-up and the imports, the whole check ends within 6 minutes (DEADLINE_S).
 SECTIONS: tuple[tuple[str, float], ...] = (
-    ("cuda_tests", 45), ("data", 20), ("dtypes", 10), ("agreement", 25), ("inference", 70), ("compile", 100),
-    ("latency", 15), ("training", 70), ("renderer", 20), ("train_steps", 90),
+    ("cuda_tests", 40), ("data", 15), ("dtypes", 8), ("agreement", 20), ("gradients", 20), ("inference", 45),
+    ("compile", 60), ("latency", 10), ("training", 40), ("loader", 12), ("renderer", 10), ("train_steps", 50),
 )
+#: On CUDA no section starts once the check has run this long (start-up included): it ends within 6 minutes.
+DEADLINE_S = 345.0
 VARIANTS = {"fp32": "fp32", "bf16": "bf16 autocast", "bf16_cl": "bf16 + channels_last",
             "compiled": "bf16 + channels_last + torch.compile"}
 TOL_MM = {"fp32": 1e-3, "bf16": 1.0, "channels_last": 1e-3}
@@ -109,6 +113,7 @@ TOL_MM = {"fp32": 1e-3, "bf16": 1.0, "channels_last": 1e-3}
 TOL_REL = {"fp32": 1e-4, "bf16": 5e-2, "channels_last": 1e-4}
 AGREE_FIGURES = ("joints_mm", "heatmaps_rel", "ve_latent_rel", "joints_2d_px", "silhouette")
 COMPONENTS = ("sfe", "ve", "he", "total")
+GRAD_GROUPS = ("t", "s", "R", "theta", "beta")
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -138,6 +143,7 @@ class Plan:
     max_iter: int = 50
     repeats: int = 20
     threads: int | None = None    # torch CPU threads for the run (None = as set)
+    deadline_s: float | None = None   # no section starts after this many seconds since the process started
     budgets: dict[str, float] = field(default_factory=dict)   # section -> seconds; absent = no limit
 
     def budget(self, section: str) -> float:
@@ -156,8 +162,8 @@ def make_plan(device: torch.device) -> Plan:
     if device.type == "cuda":
         batches = (1, 8, 64, 256)
         return Plan(device, False, {"paper": paper, "default": default}, batches,
-                    tuple((m, b) for b in (64, 256, 8, 1) for m in ("paper", "default")), "inductor",
-                    workers=min(4, os.cpu_count() or 1), budgets=dict(SECTIONS))
+                    (("paper", 256), ("default", 256)), "inductor",
+                    workers=min(4, os.cpu_count() or 1), budgets=dict(SECTIONS), deadline_s=DEADLINE_S)
     small = {"image_size": 64, "sfe_channels": 32, "ve_input_size": 64, "ve_channels": 16, "dense_scale": 1 / 16}
     models = {"paper": type(paper)(**{**paper.model_dump(), **small}),
               "default": type(default)(**{**default.model_dump(), "image_size": 64})}
@@ -221,6 +227,21 @@ def declare(plan: Plan) -> dict[str, Figure]:
             add(f"agree.{m}.{mode}.silhouette", "agreement", f"{m}: mean abs silhouette difference, {what}")
         add(f"agree.{m}.sensitivity_mm", "agreement",
             f"{m}: max abs difference between two images' joints (the scale)", "mm")
+    vs = "CUDA fp32 (TF32 off) vs CPU fp32" if plan.device.type == "cuda" else "CPU float64 vs CPU fp32 (the floor)"
+    for mode in ("nmr", "soft"):
+        for g in GRAD_GROUPS:
+            add(f"grad.he.{mode}.{g}", "gradients", f"HE ({mode}): d loss / d {g}, relative L2 difference, {vs}")
+        add(f"grad.he.{mode}.joints_2d_px", "gradients", f"HE ({mode}): max abs 2D joint difference, {vs}", "px")
+        add(f"grad.he.{mode}.silhouette_px", "gradients", f"HE ({mode}): silhouette pixels changed, {vs}", "px")
+        add(f"grad.he.{mode}.silhouette_mean", "gradients", f"HE ({mode}): mean abs silhouette difference, {vs}")
+    for m in plan.models:
+        for part in ("sfe", "ve"):
+            add(f"grad.{m}.{part}", "gradients",
+                f"{m}: {part.upper()} weight gradients (Eq. 12 loss), relative L2 difference, {vs}")
+    add("loader.main_img_s", "loader", "data loader img/s, paper profile, augmentation in the main process", "img/s")
+    add("loader.profile_img_s", "loader", "data loader img/s, the paper profile's loader settings", "img/s")
+    add("loader.train_img_s", "loader", "training step img/s beside it (paper model, batch 6, fit's step)", "img/s")
+    add("loader.feeds", "loader", "the paper profile's loader keeps the training step fed")
     for m in plan.models:
         add(f"{m}.params_m", "inference", f"{m}: parameters", "M")
         add(f"{m}.gflops_inference", "inference", f"{m}: forward GFLOPs per image", "GFLOP")
@@ -328,9 +349,16 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+#: Messages of allocation failures other than torch's own OutOfMemoryError: near the memory limit cuBLAS and
+#: cuDNN fail to allocate their workspaces and say so in their own words.
+OOM_MARKERS = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed",
+               "cudnn_status_not_enough_workspace", "failed to allocate")
+
+
 def _is_oom(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    return isinstance(exc, oom) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, oom) or any(m in text for m in OOM_MARKERS)
 
 
 def _rate(fn, n_items: int, device: torch.device, warmup: int, min_s: float, max_iter: int) -> tuple[float, float]:
@@ -457,34 +485,6 @@ def _collate(split_dir: Path, image_size: int, n: int, device: torch.device) -> 
             for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
-# ---------------------------------------------------------------------------------- the pytest selection
-
-_SELECT_ENV = "KEYHAND_GPU_CHECK_SELECT"
-#: A test file that may hold CUDA-only tests: a cuda/gpu marker, or a skipif whose arguments name CUDA or a GPU.
-_CUDA_MARK = re.compile(r"mark\.(?:cuda|gpu)\b|skipif\((?:[^()]|\([^()]*\))*?(?:cuda|gpu)", re.IGNORECASE)
-
-
-def needs_cuda(item) -> bool:
-    """A test is CUDA-only when it carries a cuda/gpu marker or a skipif whose reason names CUDA or a GPU."""
-    for mark in item.iter_markers():
-        if mark.name in ("cuda", "gpu"):
-            return True
-        if mark.name == "skipif" and re.search(r"cuda|gpu", str(mark.kwargs.get("reason", "")), re.IGNORECASE):
-            return True
-    return False
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """pytest hook (``-p pipeline.bench_gpu``): keep only the CUDA-only tests, when the check asks for it."""
-    if os.environ.get(_SELECT_ENV) != "1":
-        return
-    keep = [i for i in items if needs_cuda(i)]
-    drop = [i for i in items if not needs_cuda(i)]
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
-
-
 # ---------------------------------------------------------------------------------------------- the check
 
 class GpuCheck:
@@ -502,6 +502,7 @@ class GpuCheck:
         self._section = ""
         self.splits: dict[int, Path] = {}
         self.flops: dict[str, dict[str, float]] = {}
+        self.budget_hit: set[str] = set()
 
     # -- bookkeeping
     def set(self, key: str, value, note: str = "", ok: bool | None = None) -> None:
@@ -516,6 +517,15 @@ class GpuCheck:
     def left(self) -> float:
         """Seconds left in the current section's budget."""
         return self.plan.budget(self._section) - (time.perf_counter() - self._t_section)
+
+    def spent(self, keys) -> bool:
+        """True when the current section's budget is spent; the cells ``keys`` then say so."""
+        if self.left() > 0:
+            return False
+        for k in keys:
+            self.na(k, f"skipped: {self._section} budget {self.plan.budget(self._section):.0f} s spent")
+        self.budget_hit.add(self._section)
+        return True
 
     def peak_for(self, prec: str) -> tuple[float | None, str]:
         """(peak FLOP/s or None, which peak) for rows of precision "fp32" | "bf16"."""
@@ -555,6 +565,10 @@ class GpuCheck:
                     if self.only and name not in self.only and name != "data":  # the others read its data
                         self.sections[name] = {"status": "not run (--only)", "wall_s": 0.0}
                         continue
+                    if self.plan.deadline_s is not None and time.perf_counter() - T0 > self.plan.deadline_s:
+                        self.sections[name] = {"status": f"not run (the check's {self.plan.deadline_s:.0f} s limit, "
+                                                         "start-up included, was reached)", "wall_s": 0.0}
+                        continue
                     self._run_section(name)
                     self.write()
         finally:
@@ -578,6 +592,8 @@ class GpuCheck:
         except Exception as exc:  # noqa: BLE001 - a broken section is reported, the others still run
             status = f"failed: {_first_line(exc)}"
         wall = time.perf_counter() - self._t_section
+        if status == "ok" and name in self.budget_hit:
+            status = "ok (stopped by its budget: the cells it left say so)"
         self.sections[name] = {"status": status, "wall_s": round(wall, 1),
                                "cpu_s": round(time.process_time() - cpu0, 1), "planned_gpu_s": dict(SECTIONS)[name],
                                "budget_s": self.plan.budgets.get(name)}
@@ -586,28 +602,29 @@ class GpuCheck:
 
     def passed(self) -> bool:
         return (all(f.ok is not False for f in self.figs.values())
-                and all(s["status"] in ("ok",) or s["status"].startswith("not run") for s in self.sections.values()))
+                and all(s["status"].startswith(("ok", "not run")) for s in self.sections.values()))
 
     # -- sections
     def s_cuda_tests(self) -> None:
-        tests = REPO / "tests"
-        files = sorted(p for p in tests.glob("test_*.py")
-                       if p.name != "test_gpu_check.py" and _CUDA_MARK.search(p.read_text()))
+        from pipeline.gpu_bundle import cuda_test_files
+
+        files = cuda_test_files(REPO / "tests")
         if not files:
             for k in ("selected", "passed", "failed", "skipped"):
-                self.set(f"cuda_tests.{k}", 0, "no test file mentions CUDA")
+                self.set(f"cuda_tests.{k}", 0, "no test file holds a cuda-marked test")
             return
         xml = self.tmp / "cuda-tests.xml"
-        env = {**os.environ, _SELECT_ENV: "1", "PYTHONPATH": os.pathsep.join(
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "pipeline.bench_gpu", "-p", "no:cacheprovider",
-               "--continue-on-collection-errors",
-               f"--junitxml={xml}", *[str(p.relative_to(REPO)) for p in files]]
+        # the tests marked `cuda` (pytest -m cuda) of the files that hold any: other files may import what a
+        # GPU machine lacks (ray, mlflow, streamlit)
+        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+               "--continue-on-collection-errors", f"--junitxml={xml}", *[str(p.relative_to(REPO)) for p in files]]
+        limit = min(600.0, self.plan.budget("cuda_tests"))
         try:
-            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                                  timeout=min(600.0, max(90.0, 2 * self.plan.budget("cuda_tests"))))
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired:
-            raise RuntimeError("pytest of the CUDA-only tests timed out") from None
+            raise RuntimeError(f"pytest -m cuda stopped by the cuda_tests budget ({limit:.0f} s)") from None
         if proc.returncode not in (0, 1, 5) or not xml.is_file():
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             raise RuntimeError(f"pytest exited {proc.returncode}: {' | '.join(tail)}")
@@ -630,7 +647,7 @@ class GpuCheck:
         selected = sum(counts.values())
         note = "; ".join(reasons)[:400]
         gpu = self.dev.type == "cuda"
-        self.set("cuda_tests.selected", selected, f"from {', '.join(p.name for p in files)}")
+        self.set("cuda_tests.selected", selected, f"pytest -m cuda: {', '.join(p.name for p in files)}")
         self.set("cuda_tests.passed", counts["passed"], "" if gpu else "CPU run: CUDA tests skip here",
                  ok=(counts["passed"] > 0) if gpu else None)
         self.set("cuda_tests.failed", counts["failed"], note if counts["failed"] else "", ok=counts["failed"] == 0)
@@ -676,6 +693,9 @@ class GpuCheck:
                 # The CPU leg of a CUDA run uses the 64² stand-in: the dtype flow is the same code, and a 256²
                 # model under CPU bf16 autocast can take minutes where the CPU lacks bf16 kernels.
                 stand_in = d.type == "cpu" and self.dev.type == "cuda"
+                if self.spent([f"dtypes.{m}.{d.type}.{k}" for k in ("ve_output", "mano_output", "joints_2d",
+                                                                     "silhouette", "he_low_precision_ops")]):
+                    continue
                 torch.manual_seed(0)
                 model = (Framework(small[m]) if stand_in else self._model(m)).eval().to(d)
                 size = model.cfg.image_size
@@ -741,6 +761,8 @@ class GpuCheck:
             try:
                 for mode in ("fp32", "bf16", "channels_last"):
                     p = f"agree.{m}.{mode}"
+                    if self.spent([f"{p}.{k}" for k in AGREE_FIGURES]):
+                        continue
                     if mode == "fp32" and not gpu:
                         for k in AGREE_FIGURES:
                             self.na(f"{p}.{k}", "CPU run: no CUDA device to compare with the CPU")
@@ -770,6 +792,82 @@ class GpuCheck:
                  torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = flags
             _free(self.dev)
 
+    def s_gradients(self) -> None:
+        from pipeline import gpu_agree as ga
+
+        assert ga.VIEW_GROUPS == GRAD_GROUPS
+        gpu = self.dev.type == "cuda"
+        floor = "CPU float64 vs CPU fp32: fp32's own rounding (no CUDA device here)"
+        with ga.strict_fp32():
+            for mode in ("nmr", "soft"):
+                p = f"grad.he.{mode}"
+                keys = [f"{p}.{k}" for k in (*GRAD_GROUPS, "joints_2d_px", "silhouette_px", "silhouette_mean")]
+                if self.spent(keys):
+                    continue
+                figs = ga.he_agreement(mode, self.dev, batch_size=self.plan.agree_batch * 2)
+                for k in keys:
+                    name = k.rsplit(".", 1)[1]
+                    kind = "grad" if name in GRAD_GROUPS else name
+                    f = figs[name]
+                    note = (f"floor {f['floor']:.2g}; {ga.describe(kind)}" if gpu else floor)
+                    if name == "silhouette_px":
+                        note += f"; of {f['pixels']} pixels, coverage {figs['coverage']['value']:.2f}"
+                    self.set(k, f["value"], note, ok=ga.agrees(kind, f))
+            for m in self.plan.models:
+                keys = [f"grad.{m}.{part}" for part in ("sfe", "ve")]
+                if self.spent(keys):
+                    continue
+                model = self._model(m)
+                figs = ga.weight_agreement(model, self._train_batch(m, self.plan.agree_batch, torch.device("cpu")),
+                                           self.dev)
+                for part in ("sfe", "ve"):
+                    f = figs[part]
+                    self.set(f"grad.{m}.{part}", f["value"], (f"floor {f['floor']:.2g}; {ga.describe('weights')}"
+                                                               if gpu else floor), ok=ga.agrees("weights", f))
+                del model
+                _free(self.dev)
+
+    def s_loader(self) -> None:
+        from trainers.config import TrainConfig
+        from trainers.train import loader_workers, make_loaders
+
+        m = "paper"
+        size = self.plan.models[m].image_size
+        if size not in self.splits:
+            raise RuntimeError("no prepared data (the data section did not run)")
+        cfg = TrainConfig.for_profile("paper").with_overrides(model=self.plan.models[m].model_dump())
+        st = cfg.train
+        rates = {}
+        for key, workers in (("main_img_s", 0), ("profile_img_s", st.num_workers)):
+            if self.spent([f"loader.{key}"]):
+                continue
+            c = cfg.with_overrides(train={"num_workers": workers})
+            loader = make_loaders(c, "train", self.splits[size], device=self.dev)["train"]
+            it, n, t0 = iter(loader), 0, None
+            for i, batch in enumerate(it):   # the first batch waits for the workers' start: not timed
+                if i == 0:
+                    t0 = time.perf_counter()
+                    continue
+                n += int(batch["image"].shape[0])
+                if self.left() <= 0:
+                    break
+            dt = time.perf_counter() - t0 if t0 is not None else 0.0
+            rates[key] = n / dt if n and dt > 0 else None
+            w = loader_workers(workers)
+            self.set(f"loader.{key}", rates[key], f"{w} workers, prefetch {st.prefetch_factor if w else '-'}, "
+                     f"pinned memory {'on' if self.dev.type == 'cuda' else 'off (CPU)'}, batch {st.batch_size}, "
+                     f"§4.2 augmentation, {n} images after the first batch")
+            del loader, it
+        train = self.figs["paper.train.b6.img_s"].value
+        self.set("loader.train_img_s", train, "from the training section" if train else "n/a (training did not run)")
+        fed = rates.get("profile_img_s")
+        if fed and train:
+            self.set("loader.feeds", fed >= train, f"{fed:.0f} ≥ {train:.0f} img/s needed" if fed >= train
+                     else f"{fed:.0f} < {train:.0f} img/s: the GPU waits for data",
+                     ok=(fed >= train) if self.dev.type == "cuda" else None)
+        else:
+            self.na("loader.feeds", "no rate to compare")
+
     def _flops(self, m: str, model) -> dict[str, float]:
         """Forward (inference) and training-step FLOPs per image (FlopCounterMode), cached per model."""
         if m in self.flops:
@@ -784,10 +882,10 @@ class GpuCheck:
         train_model = copy.deepcopy(model).train()
         batch = self._train_batch(m, 2)
         w = self._loss_weights()
-        from trainers.train import _full_step
+        from trainers.train import full_step
 
         with FlopCounterMode(display=False) as counter:
-            loss, _ = _full_step(train_model, batch, w)
+            loss, _ = full_step(train_model, batch, w)
             loss.backward()
         self.flops[m] = {"inference": fwd, "train": counter.get_total_flops() / 2, "params": params}
         del train_model
@@ -797,11 +895,11 @@ class GpuCheck:
                  "FlopCounterMode, forward+backward of the trainer's step (renderer not counted)")
         return self.flops[m]
 
-    def _train_batch(self, m: str, n: int) -> dict[str, torch.Tensor]:
+    def _train_batch(self, m: str, n: int, device: torch.device | None = None) -> dict[str, torch.Tensor]:
         size = self.plan.models[m].image_size
         if size not in self.splits:
             raise RuntimeError("no prepared data (the data section did not run)")
-        return _collate(self.splits[size], size, n, self.dev)
+        return _collate(self.splits[size], size, n, device or self.dev)
 
     def _loss_weights(self):
         from trainers.config import TrainConfig
@@ -915,6 +1013,8 @@ class GpuCheck:
             model = self._model(m).eval().to(self.dev)
             for prec in ("fp32", "bf16"):
                 bf16 = prec == "bf16"
+                if self.spent([f"{m}.latency.{prec}.{c}_ms" for c in COMPONENTS]):
+                    continue
                 with torch.autocast(self.dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                     ms = time_components(model, batch_size=1, device=self.dev, repeats=self.plan.repeats,
                                          warmup=self.plan.warmup, render=True)
@@ -925,26 +1025,24 @@ class GpuCheck:
             del model
 
     def _train_rate(self, m: str, base, b: int) -> dict[str, float]:
-        from trainers.device import autocast
-        from trainers.train import _full_step
+        from trainers.train import full_step, train_step
 
         model = copy.deepcopy(base).train()
-        st = {"model": model, "opt": torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5),
-              "batch": self._train_batch(m, b), "w": self._loss_weights(), "losses": []}
-        del model
+        params = [q for q in model.parameters() if q.requires_grad]
+        # the batch starts on the host (pinned on CUDA, as the loader hands it over): train_step moves it, reads
+        # each term to the host, clips the gradient norm and steps, exactly as fit does
+        host = self._train_batch(m, b, torch.device("cpu"))
+        if self.dev.type == "cuda":
+            host = {k: v.pin_memory() for k, v in host.items()}
+        st = {"model": model, "opt": torch.optim.Adam(params, lr=1e-4, weight_decay=1e-5), "params": params,
+              "batch": host, "w": self._loss_weights()}
+        del model, params
 
         def step():
-            with autocast(self.dev, "auto"):
-                loss, _ = _full_step(st["model"], st["batch"], st["w"])
-            st["opt"].zero_grad(set_to_none=True)
-            loss.backward()
-            st["opt"].step()
-            st["losses"].append(loss.detach())
+            train_step(st["model"], st["batch"], full_step, st["w"], st["opt"], st["params"], self.dev, "auto")
 
         try:
             img_s, sec, mib = self._measure(step, b, 1, 1 if self.plan.small else 3)
-            if not all(bool(torch.isfinite(v)) for v in st["losses"]):
-                raise RuntimeError(f"non-finite training loss at batch {b}")
         finally:
             st.clear()  # frees the copy, Adam state and batch before the next (larger) try
         return {"img_s": img_s, "step_ms": sec * 1e3, "peak_mib": mib}
@@ -953,7 +1051,10 @@ class GpuCheck:
         from trainers.device import amp_dtype
 
         bf16 = amp_dtype(self.dev, "auto") == torch.bfloat16
-        note = f"amp auto ({'bf16 autocast' if bf16 else 'fp32'}, the trainer's default)"
+        tf32 = self.dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        note = (f"amp auto ({'bf16 autocast' if bf16 else 'fp32'}, the trainer's default; TF32 on)" if tf32 else
+                f"amp auto ({'bf16 autocast' if bf16 else 'fp32'}, the trainer's default)") + \
+            "; trainers.train.train_step, fit's own step"
         self.set(f"{m}.train.{which}.img_s", r["img_s"], note)
         self.set(f"{m}.train.{which}.step_ms", r["step_ms"], "median")
         self.set(f"{m}.train.{which}.peak_mib", r["peak_mib"], MEMORY_NOTE[self.dev.type]
@@ -1015,6 +1116,8 @@ class GpuCheck:
 
         b, s = self.plan.render_batch, self.plan.render_size
         for mode in ("nmr", "soft"):
+            if self.spent([f"renderer.{mode}.{k}" for k in ("fwd_ms", "fwd_bwd_ms", "peak_mib")]):
+                continue
             fwd, fwd_bwd, coverage = _workload(mode, b, s, self.dev)
             note = f"coverage {coverage:.2f}, median of {self.plan.repeats}"
             self.set(f"renderer.{mode}.fwd_bwd_ms", _median_ms(fwd_bwd, self.dev, self.plan.repeats,
@@ -1275,10 +1378,11 @@ def load_results(path: str | os.PathLike) -> dict:
 
 # ------------------------------------------------------------------------------------------- entry points
 
-def run_check(device: str = "auto", out: str | os.PathLike = "runs/gpu-check", update: bool = False,
+def run_check(device: str = "auto", out: str | os.PathLike | None = None, update: bool = False,
               readme: str | os.PathLike = REPO / "docs" / "gpu.md", from_json: str | os.PathLike | None = None,
               only: str | None = None, log=print) -> int:
     """What ``keyhand bench gpu`` and ``make gpu-check`` run; returns the exit status."""
+    out = out if out is not None else default_out()
     if from_json is not None:
         res, status = load_results(from_json), 0
     else:
@@ -1304,7 +1408,8 @@ def run_check(device: str = "auto", out: str | os.PathLike = "runs/gpu-check", u
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.bench_gpu", description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cuda:1, cpu")
-    ap.add_argument("--out", default="runs/gpu-check", help="folder for gpu_check.json and gpu_check.md")
+    ap.add_argument("--out", default=default_out(), help="folder for gpu_check.json and gpu_check.md "
+                    "($OUT/gpu-check when $OUT is set: on the GPU machine only files under $OUT come back)")
     ap.add_argument("--update-readme", action="store_true", help="fill docs/gpu.md's GPU figures (CUDA runs only)")
     ap.add_argument("--readme", default=str(REPO / "docs" / "gpu.md"))
     ap.add_argument("--from-json", default=None, help="use a saved gpu_check.json instead of measuring")
@@ -1315,6 +1420,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"bench_gpu: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # one line, never a traceback: the bundle is what is missing
+        print(f"bench_gpu: {sys.executable} lacks the module {exc.name!r}: run `make gpu-bundle` where pip reaches "
+              "PyPI and copy .whl/ here (docs/gpu.md)", file=sys.stderr)
+        return 2
+
+
+def default_out() -> str:
+    """``$OUT/gpu-check`` when ``$OUT`` is set (the GPU machine keeps only what is under it), else runs/gpu-check."""
+    out = os.environ.get("OUT")
+    return str(Path(out) / "gpu-check") if out else "runs/gpu-check"
 
 
 if __name__ == "__main__":

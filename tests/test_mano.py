@@ -217,6 +217,7 @@ def test_truncated_file_is_one_clear_error(tmp_path: Path, proxy_dir: Path) -> N
         load_mano_pickle(path)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_matches_cpu(proxy_dir: Path) -> None:  # runs on the GPU machine only
     cpu = ManoLayer(proxy_dir, num_pca_comps=30)

@@ -92,6 +92,8 @@ class StageSection(_Section):
 
     ``amp``: "auto" = bf16 autocast on CUDA, fp32 on CPU; "bf16" = the same (CPU stays fp32); "off" = fp32.
     ``grad_clip``: max global gradient norm (None = no clipping). ``log_every``: progress-bar refresh (steps).
+    ``num_workers``: loader processes (``"auto"``: :func:`trainers.train.loader_workers`, half the cores up to 8,
+    none below 4 cores); ``prefetch_factor``: batches each worker keeps ready. Neither changes the numbers.
     ``augment``: the §4.2 appearance augmentation on training images (ignored by the gesture stage, whose
     inputs are the frozen framework's 3D joints, computed once per split). ``threads``: torch's intra-op CPU
     threads while the stage trains (None = as many as torch has, i.e. the machine's cores). On CPU the count
@@ -104,7 +106,8 @@ class StageSection(_Section):
     batch_size: int = Field(6, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
-    num_workers: int = Field(0, ge=0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = 0
+    prefetch_factor: int = Field(2, ge=1)
     augment: bool = True
     seed: int = 0
     amp: Literal["auto", "off", "bf16"] = "auto"
@@ -211,7 +214,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
 
 #: Stage keys that do not change what a given epoch computes: a run continued with other values is the same run.
 #: (``epochs`` is left out so that a longer run continues a shorter one; no learning-rate schedule depends on it.)
-UNHASHED_STAGE_KEYS = frozenset({"epochs", "num_workers", "log_every", "compile"})
+UNHASHED_STAGE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "log_every", "compile"})
 
 
 def run_hash(cfg: TrainConfig, stage: str, inputs: dict[str, Any] | None = None) -> str:

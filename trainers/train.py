@@ -86,7 +86,8 @@ from trainers.device import (
 
 __all__ = ["FitError", "NonFiniteLossError", "FitResult", "Callback", "RESUME_MODES", "build_framework",
            "open_split", "make_loader", "make_loaders", "fit", "train_epochs", "evaluate", "load_sfe_weights",
-           "save_predictions", "state_fingerprint", "dataset_identity", "plan_start", "with_threads"]
+           "save_predictions", "state_fingerprint", "dataset_identity", "plan_start", "with_threads", "train_step",
+           "full_step", "sfe_step", "NonFiniteTerms", "loader_workers"]
 
 #: ``resume`` of :func:`fit`: "auto" continues a run of the same identity and starts fresh otherwise,
 #: "require" refuses (one line) to start over a run of another identity, "never" always starts fresh.
@@ -158,20 +159,36 @@ def open_split(split_dir: str | os.PathLike, cfg: TrainConfig, stage: str = "tra
     return ds
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                drop_last: bool | None = None, pin_memory: bool = False) -> DataLoader:
+def loader_workers(num_workers: int | str, cores: int | None = None) -> int:
+    """The loader processes of a stage's ``num_workers``: an int as given; ``"auto"`` = half the machine's cores,
+    at most 8, and none below 4 cores (the main process then augments between steps: 2 cores are the
+    training threads' already)."""
+    if num_workers != "auto":
+        return int(num_workers)
+    cores = cores if cores is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                             else os.cpu_count() or 1)
+    return 0 if cores < 4 else min(8, cores // 2)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int | str = 0,
+                drop_last: bool | None = None, pin_memory: bool = False, prefetch_factor: int = 2) -> DataLoader:
     """A DataLoader whose order is a function of ``(seed, epoch)`` (:class:`EpochSampler`).
 
     ``drop_last`` (default: when shuffling and the set holds more than one batch) avoids a last batch of one
-    sample, which BatchNorm cannot normalise in training mode.
+    sample, which BatchNorm cannot normalise in training mode. ``num_workers``: :func:`loader_workers`;
+    ``prefetch_factor``: batches each worker keeps ready. Workers are not persistent: each epoch starts them
+    again so that they see the epoch's augmentation seed (a persistent worker keeps the dataset copy of its
+    first epoch, and the run would no longer be a function of its identity).
     """
     n = len(dataset)  # type: ignore[arg-type]
     if drop_last is None:
         drop_last = shuffle and n > batch_size and n % batch_size == 1
+    workers = loader_workers(num_workers)
     return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(n, seed, shuffle),
-                      num_workers=num_workers, worker_init_fn=seed_worker if num_workers else None,
+                      num_workers=workers, worker_init_fn=seed_worker if workers else None,
                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last,
-                      pin_memory=pin_memory, persistent_workers=False)
+                      pin_memory=pin_memory, persistent_workers=False,
+                      prefetch_factor=prefetch_factor if workers else None)
 
 
 def make_loaders(cfg: TrainConfig, stage: str, train_dir: str | os.PathLike,
@@ -182,10 +199,10 @@ def make_loaders(cfg: TrainConfig, stage: str, train_dir: str | os.PathLike,
     pin = device is not None and device.type == "cuda"
     masks = masks or {}
     out = {"train": make_loader(open_split(train_dir, cfg, stage, True, masks.get("train")), st.batch_size,
-                                True, st.seed, st.num_workers, pin_memory=pin)}
+                                True, st.seed, st.num_workers, pin_memory=pin, prefetch_factor=st.prefetch_factor)}
     if val_dir is not None:
         out["val"] = make_loader(open_split(val_dir, cfg, stage, False, masks.get("val")), st.batch_size,
-                                 False, st.seed, st.num_workers, pin_memory=pin)
+                                 False, st.seed, st.num_workers, pin_memory=pin, prefetch_factor=st.prefetch_factor)
     return out
 
 
@@ -275,14 +292,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 # ----------------------------------------------------------------------------------------------- steps
 
-def _sfe_step(model: nn.Module, batch: dict, w) -> tuple[Tensor, dict[str, Tensor]]:
+def sfe_step(model: nn.Module, batch: dict, w) -> tuple[Tensor, dict[str, Tensor]]:
     from keyhand.losses import sfe_loss
 
     heatmaps, silhouettes = _unwrap(model).sfe_forward(batch["image"])  # (not through a compile wrapper)
     return sfe_loss(_f32(heatmaps), _f32(silhouettes), batch, w)
 
 
-def _full_step(model: nn.Module, batch: dict, w) -> tuple[Tensor, dict[str, Tensor]]:
+def full_step(model: nn.Module, batch: dict, w) -> tuple[Tensor, dict[str, Tensor]]:
     from keyhand.losses import multitask_loss
 
     out = model(batch["image"], render=w.mask > 0)
@@ -294,7 +311,7 @@ def _full_step(model: nn.Module, batch: dict, w) -> tuple[Tensor, dict[str, Tens
 
 def _f32(x):
     if isinstance(x, Tensor):
-        return x.float()
+        return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
     if isinstance(x, list | tuple):
         return type(x)(_f32(v) for v in x)
     return x
@@ -385,7 +402,7 @@ def fit(stage: str, model: nn.Module, loaders: dict[str, DataLoader], cfg: Train
     inputs["init"] = state_fingerprint(model)
     params = list(model.sfe.parameters()) if stage == "sfe" else [p for p in model.parameters() if p.requires_grad]
     w = cfg.loss.to_loss_weights()
-    step_fn = _sfe_step if stage == "sfe" else _full_step
+    step_fn = sfe_step if stage == "sfe" else full_step
     return train_epochs(stage, model, params, step_fn, _validator(stage, w), loaders, cfg, out_dir,
                         run_hash(cfg, stage, inputs), w, resume=resume, callbacks=callbacks, device=device,
                         progress=progress, keep=keep)
@@ -403,7 +420,7 @@ def _validator(stage: str, w) -> Callable[[nn.Module, DataLoader, torch.device, 
         for batch in loader:
             batch = _to(batch, dev)
             with autocast(dev, amp):
-                loss, terms = _sfe_step(model, batch, w)
+                loss, terms = sfe_step(model, batch, w)
             n = int(batch["image"].shape[0])
             for k, v in {**terms, "total": loss}.items():
                 if isinstance(v, Tensor):
@@ -435,6 +452,44 @@ def train_epochs(stage: str, model: nn.Module, params: list[nn.Parameter], step_
         return _epoch_loop(stage, model, params, step_fn, validate, loaders, cfg, out_dir,
                            with_threads(identity, n) if on_cpu else identity, w, resume=resume, callbacks=callbacks,
                            dev=dev, progress=progress, keep=keep, extra=extra)
+
+
+class NonFiniteTerms(FloatingPointError):
+    """A step's loss terms or gradient norm are not finite (``terms``: "name=value" strings); raised before the
+    update, so the weights are still those of the last good step."""
+
+    def __init__(self, terms: list[str]) -> None:
+        super().__init__(", ".join(terms))
+        self.terms = terms
+
+
+def train_step(model: nn.Module, batch: dict, step_fn: Callable, w: Any, optimizer: torch.optim.Optimizer,
+               params: list[nn.Parameter], dev: torch.device, amp: str = "auto", grad_clip: float | None = None,
+               channels_last: bool = False) -> tuple[dict[str, float], int]:
+    """One optimisation step exactly as :func:`fit` takes it; returns ``(terms as floats, batch size)``.
+
+    The batch goes to ``dev`` (non-blocking from pinned memory), the forward runs under the stage's autocast,
+    each loss term is read to the host once (logged by the caller and checked finite before any update), then
+    backward, global-norm clipping (``grad_clip`` None = no clipping, the norm is still computed and checked)
+    and the optimizer's step. Raises :class:`NonFiniteTerms` before the update when a term or the gradient norm
+    is not finite. pipeline/bench_gpu.py times this function, so its img/s is what ``fit`` reaches.
+    """
+    batch = _to(batch, dev, channels_last)
+    with autocast(dev, amp):
+        loss, terms = step_fn(model, batch, w)
+    values = {k: float(v) for k, v in terms.items() if isinstance(v, Tensor)}
+    values["total"] = float(loss.detach())
+    bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteTerms(bad)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
+    if not bool(torch.isfinite(norm)):
+        raise NonFiniteTerms([f"grad_norm={float(norm)}"])
+    optimizer.step()
+    n = int(next(iter(v for v in batch.values() if isinstance(v, Tensor))).shape[0])
+    return values, n
 
 
 def with_threads(identity: str, threads: int) -> str:
@@ -491,23 +546,12 @@ def _epoch_loop(stage: str, model: nn.Module, params: list[nn.Parameter], step_f
                    dynamic_ncols=True)
         try:
             for step, batch in enumerate(bar):
-                batch = _to(batch, dev, channels_last)
-                with autocast(dev, st.amp):
-                    loss, terms = step_fn(run_model, batch, w)
-                # one device->host read per term: logged below and checked here, before any update
-                values = {k: float(v) for k, v in terms.items() if isinstance(v, Tensor)}
-                values["total"] = float(loss.detach())
-                bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
-                if bad:
-                    raise NonFiniteLossError(_nan_message(epoch, step, global_step, bad, result.checkpoint))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, st.grad_clip or math.inf)
-                if not bool(torch.isfinite(norm)):
-                    raise NonFiniteLossError(_nan_message(epoch, step, global_step, [f"grad_norm={float(norm)}"],
-                                                          result.checkpoint))
-                optimizer.step()
-                n = int(next(iter(v for v in batch.values() if isinstance(v, Tensor))).shape[0])
+                try:
+                    values, n = train_step(run_model, batch, step_fn, w, optimizer, params, dev, st.amp,
+                                           st.grad_clip, channels_last)
+                except NonFiniteTerms as bad:
+                    raise NonFiniteLossError(_nan_message(epoch, step, global_step, bad.terms,
+                                                          result.checkpoint)) from None
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v * n
                 count += n

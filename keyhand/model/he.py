@@ -69,11 +69,12 @@ class HandEstimator(nn.Module):
     def forward(self, v: ViewParams, render: bool = True) -> HandOutput:
         # The HE (MANO, projection, renderer) runs in fp32 even inside a bf16 autocast region: skinning and
         # the z-buffer need the precision, and it costs a fraction of the SFE/VE's FLOPs.
-        kind = v.t.device.type
+        # (Its own dtype, in fact: float64 when the module was cast to it, as the GPU check's rounding floor is.)
+        kind, dtype = v.t.device.type, self.mano.v_template.dtype
         if kind not in ("cpu", "cuda"):  # e.g. "meta" (profiling from shapes): no autocast there
-            return self._forward(ViewParams(*(x.float() for x in v)), render)
+            return self._forward(ViewParams(*(x.to(dtype) for x in v)), render)
         with torch.autocast(device_type=kind, enabled=False):
-            return self._forward(ViewParams(*(x.float() for x in v)), render)
+            return self._forward(ViewParams(*(x.to(dtype) for x in v)), render)
 
     def _forward(self, v: ViewParams, render: bool) -> HandOutput:
         # R J(β, θ): MANO's global orientation rotates the hand about the wrist, so posing with R = I and
