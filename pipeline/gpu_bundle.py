@@ -41,9 +41,23 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _marks_cuda(path: Path) -> bool:
+    """Whether the code of ``path`` uses ``mark.cuda`` (a decorator, ``pytestmark``, ``marks=``); text in strings
+    and docstrings does not count. A file that does not parse is matched on its text."""
+    text = path.read_text()
+    if not _CUDA_MARK.search(text):
+        return False
+    try:
+        tree = ast.parse(text, str(path))
+    except SyntaxError:
+        return True
+    return any(isinstance(n, ast.Attribute) and n.attr == "cuda" and isinstance(n.value, ast.Attribute)
+               and n.value.attr == "mark" for n in ast.walk(tree))
+
+
 def cuda_test_files(tests_dir: str | Path) -> list[Path]:
-    """The test files that hold ``cuda``-marked tests (``pytest.mark.cuda``)."""
-    return sorted(p for p in Path(tests_dir).glob("test_*.py") if _CUDA_MARK.search(p.read_text()))
+    """The test files that hold ``cuda``-marked tests (``pytest.mark.cuda`` in their code)."""
+    return sorted(p for p in Path(tests_dir).glob("test_*.py") if _marks_cuda(p))
 
 
 def _module_file(repo: Path, name: str) -> Path | None:
@@ -91,10 +105,12 @@ def chain_modules(repo: str | Path = REPO) -> dict[str, list[str]]:
             top = mod.split(".")[0]
             if not top or top == "__future__" or top in sys.stdlib_module_names:
                 continue
-            if top in PROJECT:
-                f = _module_file(repo, mod)
-                if f is not None and mod not in seen:
-                    todo.append((mod, f))
+            if top in PROJECT:   # the module and the packages above it (their __init__.py runs first)
+                parts = mod.split(".")
+                for sub in (".".join(parts[:i]) for i in range(1, len(parts) + 1)):
+                    f = _module_file(repo, sub)
+                    if f is not None and sub not in seen:
+                        todo.append((sub, f))
             elif (where := f"{name}:{line}") not in third.setdefault(top, []):
                 third[top].append(where)
     return {k: sorted(v) for k, v in sorted(third.items())}
@@ -193,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python-version", default="3.12")
     a = ap.parse_args(argv)
     if a.what == "preflight":
-        missing = missing_modules()
+        try:
+            missing = missing_modules()
+        except Exception as exc:   # one line, never a traceback
+            print(f"gpu-check: preflight could not read the check's import chain: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return 2
         if missing:
             print(f"gpu-check: {sys.executable} (Python {sys.version.split()[0]}) lacks {', '.join(missing)}: run "
                   "`make gpu-bundle` where pip reaches PyPI and copy .whl/ here (docs/gpu.md)", file=sys.stderr)
