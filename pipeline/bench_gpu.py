@@ -13,27 +13,34 @@ Sections, in order, with the planned time on one H100/H200 (a section starts no 
 budget is spent; every cell it leaves says why):
 
     section      GPU s  what
-    cuda_tests      45  pytest of the CUDA-only tests (a skipif whose reason names CUDA/GPU, or a cuda/gpu marker)
-    data            20  a synth-stb set rendered by keyhand.data.synthetic, prepared (§3.1) per model size
-    dtypes          10  under bf16 autocast (CUDA, and CPU with the 64² stand-ins): the VE runs bf16, every op
+    cuda_tests      40  pytest -m cuda of the test files holding cuda-marked tests (tests/test_cuda.py, test_mano.py)
+    data            15  a synth-stb set rendered by keyhand.data.synthetic, prepared (§3.1) per model size
+    dtypes           8  under bf16 autocast (CUDA, and CPU with the 64² stand-ins): the VE runs bf16, every op
                         inside the HE (MANO layer, projection, renderer) is fp32 (a TorchDispatchMode records
                         the dtypes of the op outputs between hooks on the HE)
-    agreement       25  same weights and images, CPU fp32 reference vs the device: max abs 3D joint difference
+    agreement       20  same weights and images, CPU fp32 reference vs the device: max abs 3D joint difference
                         fp32 ≤ 1e-3 mm (TF32 off, cuDNN deterministic), bf16 autocast ≤ 1 mm, channels_last ≤ 1e-3 mm;
                         SFE heatmaps and VE block output (image-dependent, unlike a random VE's v) relative max
                         difference ≤ 1e-4 (fp32, channels_last), ≤ 5e-2 (bf16)
-    inference       70  img/s at batch 1/8/64/256: fp32, bf16 autocast, bf16 + channels_last; peak memory, MFU
-    compile        100  the same with torch.compile (inductor, static shapes), batches 64, 256, 8, 1 in turn
-    latency         15  batch-1 latency per component (SFE / VE / HE incl. the renderer), CUDA-synchronised
-    training        70  training img/s (trainer's step, Adam, amp "auto") at batch 6 and the largest batch that
-                        fits (doubling from 6 until out of memory, then two bisection steps, within budget)
-    renderer        20  keyhand.geometry.render both modes (nmr, soft), batch 64 at 256²: fwd, fwd+bwd, memory
-    train_steps     90  320 steps (8 epochs × 40) of trainers.train.fit, paper profile, synthetic data
-    total          465  + ~15 s start-up: under 8 minutes
+    gradients       20  pipeline.gpu_agree: d loss / d t, s, R, θ, β through MANO, the projection and the renderer
+                        (nmr, soft), the 2D joints and silhouette, and the SFE / VE weight gradients: CUDA fp32 vs
+                        CPU fp32, each against fp32's own error (CPU fp32 vs float64); on CPU that floor itself
+    inference       45  img/s at batch 1/8/64/256: fp32 (TF32 on, as the trainer runs), bf16 autocast,
+                        bf16 + channels_last; peak memory, MFU
+    compile         60  torch.compile (inductor, static shapes) of the two models at batch 256
+    latency         10  batch-1 latency per component (SFE / VE / HE incl. the renderer), CUDA-synchronised
+    training        40  training img/s through trainers.train.train_step (fit's own step: host batch, one read per
+                        term, clipping, Adam; amp "auto") at batch 6 and the largest batch that fits (doubling
+                        from 6 until out of memory or a cuBLAS / cuDNN allocation failure, then two bisections)
+    loader          12  the paper profile's data loader img/s, in the main process and with its own settings
+                        (num_workers auto, prefetch 4, pinned memory), beside the training step's img/s
+    renderer        10  keyhand.geometry.render both modes (nmr, soft), batch 64 at 256²: fwd, fwd+bwd, memory
+    train_steps     50  up to 320 steps (8 epochs × 40) of trainers.train.fit, paper profile, synthetic data
+    total          330  no section starts after DEADLINE_S = 345 s since the process started: under 6 minutes
 
-Budgets are enforced where the work varies (inference, compile, the batch search, train_steps; the pytest of
-cuda_tests is stopped at twice its budget); the other sections do a fixed amount of work sized to theirs. A
-compilation already started is not interrupted: the compile section can overrun by at most one compilation.
+Every section stops starting new measurements once its budget is spent and its cells say so (the pytest of
+cuda_tests is stopped at its budget). A compilation already started is not interrupted: the compile section
+can overrun by at most one compilation. ``$OUT/gpu-check`` is the default ``--out`` when ``$OUT`` is set.
 
 Models: "paper" is the paper profile's model (256², hourglass width 256, VE2); "default" the default profile's
 (128²). FLOPs per image come from torch.utils.flop_counter.FlopCounterMode (keyhand.model.profile for inference,
@@ -75,6 +82,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from keyhand.atomic import atomic_write_text
+from pipeline.gpu_agree import VIEW_GROUPS
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = time.perf_counter()  # the process's start, near enough: imports and CUDA's start-up count against DEADLINE_S
@@ -113,7 +121,7 @@ TOL_MM = {"fp32": 1e-3, "bf16": 1.0, "channels_last": 1e-3}
 TOL_REL = {"fp32": 1e-4, "bf16": 5e-2, "channels_last": 1e-4}
 AGREE_FIGURES = ("joints_mm", "heatmaps_rel", "ve_latent_rel", "joints_2d_px", "silhouette")
 COMPONENTS = ("sfe", "ve", "he", "total")
-GRAD_GROUPS = ("t", "s", "R", "theta", "beta")
+GRAD_GROUPS = VIEW_GROUPS   # the HE inputs whose gradients the gradients section compares
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -795,7 +803,6 @@ class GpuCheck:
     def s_gradients(self) -> None:
         from pipeline import gpu_agree as ga
 
-        assert ga.VIEW_GROUPS == GRAD_GROUPS
         gpu = self.dev.type == "cuda"
         floor = "CPU float64 vs CPU fp32: fp32's own rounding (no CUDA device here)"
         with ga.strict_fp32():
@@ -827,22 +834,29 @@ class GpuCheck:
                 del model
                 _free(self.dev)
 
-    def s_loader(self) -> None:
+    def _paper_run(self, **train) -> tuple[Any, Path]:
+        """(the paper profile's TrainConfig with this plan's paper model and ``train`` overrides, its prepared
+        split)."""
         from trainers.config import TrainConfig
-        from trainers.train import loader_workers, make_loaders
 
-        m = "paper"
-        size = self.plan.models[m].image_size
+        size = self.plan.models["paper"].image_size
         if size not in self.splits:
             raise RuntimeError("no prepared data (the data section did not run)")
-        cfg = TrainConfig.for_profile("paper").with_overrides(model=self.plan.models[m].model_dump())
+        cfg = TrainConfig.for_profile("paper").with_overrides(model=self.plan.models["paper"].model_dump(),
+                                                              train=train)
+        return cfg, self.splits[size]
+
+    def s_loader(self) -> None:
+        from trainers.train import loader_workers, make_loaders
+
+        cfg, split = self._paper_run()
         st = cfg.train
         rates = {}
         for key, workers in (("main_img_s", 0), ("profile_img_s", st.num_workers)):
             if self.spent([f"loader.{key}"]):
                 continue
             c = cfg.with_overrides(train={"num_workers": workers})
-            loader = make_loaders(c, "train", self.splits[size], device=self.dev)["train"]
+            loader = make_loaders(c, "train", split, device=self.dev)["train"]
             it, n, t0 = iter(loader), 0, None
             for i, batch in enumerate(it):   # the first batch waits for the workers' start: not timed
                 if i == 0:
@@ -1131,18 +1145,12 @@ class GpuCheck:
 
     def s_train_steps(self) -> None:
         from keyhand.losses import NonFiniteLossError
-        from trainers.config import TrainConfig
         from trainers.train import build_framework, fit, make_loaders
 
         m = "paper"
-        size = self.plan.models[m].image_size
-        if size not in self.splits:
-            raise RuntimeError("no prepared data (the data section did not run)")
-        cfg = TrainConfig.for_profile("paper").with_overrides(
-            model=self.plan.models[m].model_dump(),
-            train={"epochs": self.plan.step_epochs, "batch_size": self.plan.step_batch,
-                   "num_workers": self.plan.workers, "log_every": 1000})
-        loaders = make_loaders(cfg, "train", self.splits[size], device=self.dev)
+        cfg, split = self._paper_run(epochs=self.plan.step_epochs, batch_size=self.plan.step_batch,
+                                     num_workers=self.plan.workers, log_every=1000)
+        loaders = make_loaders(cfg, "train", split, device=self.dev)
         model = build_framework(cfg)
         losses, times = self.curve, []
         budget_hit = []

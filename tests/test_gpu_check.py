@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,34 +34,69 @@ CPU_NA = ("n/a (CPU run: no CUDA device", "n/a (unknown peak)", "n/a (not planne
 PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def bare_venv(root: Path) -> Path:
-    """A venv whose site holds only the distributions of this venv that the GPU machine also has: a folder of
-    links to their top-level files (from each distribution's RECORD), added by a .pth file. Returns its python."""
-    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True)
-    site = root / "gpu-machine-site"
-    site.mkdir()
-    here = Path(sysconfig.get_paths()["purelib"])
-    have = gb.machine_packages()
+def _owners() -> dict[str, set[str]]:
+    """Top-level entries of this venv's site-packages -> the (normalised) distributions whose RECORD holds them."""
+    out: dict[str, set[str]] = {}
     for dist in md.distributions():
-        if gb.norm(dist.metadata["Name"]) not in have:
-            continue
+        name = gb.norm(dist.metadata["Name"])   # (metadata is read again at each access)
         for f in dist.files or []:
             parts = Path(str(f)).parts
-            if not parts or parts[0] == ".." or parts[0].endswith(".pth"):
-                continue
-            link = site / parts[0]
-            if not link.exists() and (here / parts[0]).exists():
-                link.symlink_to(here / parts[0])
+            if parts and parts[0] != "..":
+                out.setdefault(parts[0], set()).add(name)
+    return out
+
+
+def machine_site(site: Path, have: set[str]) -> list[str]:
+    """``site``: links to the files of this venv's distributions whose names the GPU machine has, and to nothing
+    else. A top-level entry that only such distributions hold is linked whole; one shared with others (a namespace
+    package) is made a folder and only the machine distributions' files in it are linked. Returns the names."""
+    here = Path(sysconfig.get_paths()["purelib"])
+    owners = _owners()
+    linked: list[str] = []
+    for dist in md.distributions():
+        name = gb.norm(dist.metadata["Name"])
+        if name not in have:
+            continue
+        linked.append(name)
+        for f in dist.files or []:
+            parts = Path(str(f)).parts
+            if not parts or parts[0] in ("..", "__pycache__") or parts[0].endswith(".pth"):
+                continue   # outside site-packages, compiled top-level modules, start-up hooks
+            rel = Path(parts[0]) if owners[parts[0]] <= have else Path(*parts)
+            link, target = site / rel, here / rel
+            if not link.exists() and not link.is_symlink() and (target.exists() or target.is_symlink()):
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(target)
+    return sorted(linked)
+
+
+def bare_venv(root: Path, have: set[str]) -> tuple[Path, list[str]]:
+    """A fresh venv (with pip) whose site-packages reach only ``machine_site``, through a .pth file."""
+    base = shutil.which("python3.11") or sys.executable
+    subprocess.run([base, "-m", "venv", str(root)], check=True, capture_output=True, timeout=300)
     py = root / "bin" / "python"
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
+    site = root / "gpu-machine-site"
+    site.mkdir()
+    linked = machine_site(site, have)
     (Path(purelib) / "gpu-machine.pth").write_text(f"{site}\n")
-    return py
+    return py, linked
+
+
+def bare_env() -> dict[str, str]:
+    """This environment without the project's venv: not active, not on PATH, no PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    venv_bin = str(REPO / ".venv" / "bin")
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p.rstrip("/") != venv_bin)
+    return env
+
 
 
 @pytest.fixture(scope="module")
 def bare(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The bundle for this Python, the bare venv, and the preflight there before the bundle is installed."""
+    """The bundle for this Python, the bare venv (only the GPU machine's packages, not the project's venv on PATH),
+    and the preflight and the check there before the bundle is installed."""
     root = tmp_path_factory.mktemp("bare-machine")
     t0 = time.perf_counter()
     wheels = root / "whl"
@@ -68,16 +104,19 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> dict:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     t1 = time.perf_counter()
-    py = bare_venv(root / "venv")
+    py, linked = bare_venv(root / "venv", gb.machine_packages())
     t2 = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("VIRTUAL_ENV", None)
+    probe = subprocess.run([str(py), "-c", "import importlib.util as u; print([m for m in ('pydantic', "
+                            "'albumentations', 'smplx', 'mlflow', 'ray', 'keyhand', 'torch') if u.find_spec(m)])"],
+                           cwd=root, env=bare_env(), capture_output=True, text=True, check=True)
+    env = {**bare_env(), "PYTHONPATH": str(REPO)}
     pre = subprocess.run([str(py), "-m", "pipeline.gpu_bundle", "preflight"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     direct = subprocess.run([str(py), "-m", "pipeline.bench_gpu", "--device", "cpu", "--out", str(root / "x")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     print(f"\nmake gpu-bundle PYVER={PYVER}: {t1 - t0:.1f} s; bare venv: {t2 - t1:.1f} s")
     return {"root": root, "wheels": wheels, "py": py, "env": env, "preflight": pre, "direct": direct,
+            "linked": linked, "probe": probe.stdout.strip(),
             "manifest": (wheels / "MANIFEST.txt").read_text()}
 
 
@@ -98,6 +137,9 @@ def cpu_run(bare: dict) -> dict:
 
 @pytest.mark.slow
 def test_bare_machine_lacks_the_bundle_and_says_so_in_one_line(bare: dict) -> None:
+    linked = set(bare["linked"])
+    assert {"torch", "numpy", "pytest", "pip"} <= linked and not linked - gb.machine_packages()
+    assert bare["probe"] == "['torch']"       # only the machine's set: no pydantic, mlflow, ray, nor keyhand itself
     for proc in (bare["preflight"], bare["direct"]):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "make gpu-bundle" in proc.stderr
